@@ -1,0 +1,57 @@
+"""Building blocks: convolution + batch norm + activation, with PyTorch or TensorFlow padding."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6}
+PADDINGS = ("symmetric", "tf_same")
+
+
+class Conv2dSame(nn.Conv2d):
+    """``nn.Conv2d`` with TensorFlow's 'SAME' padding.
+
+    TF puts the odd row/column of padding at the bottom/right: at stride 2 on an even input that is
+    (0, 1), not (1, 1). Symmetric padding gives the same output shape but shifts every activation by
+    a pixel, which breaks parity with TF/Keras weights. At stride 1 'SAME' is symmetric, so those
+    layers use plain static padding and only stride-2 layers pay for the dynamic pad.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, k, s, d in zip(x.shape[-1:-3:-1], self.kernel_size[::-1], self.stride[::-1], self.dilation[::-1]):
+            total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            pads += [total // 2, total - total // 2]
+        return super().forward(F.pad(x, pads))
+
+
+def make_conv(in_ch: int, out_ch: int, kernel: int, stride: int, dilation: int, groups: int, padding: str) -> nn.Conv2d:
+    if padding == "tf_same" and stride > 1:
+        return Conv2dSame(in_ch, out_ch, kernel, stride, padding=0, dilation=dilation, groups=groups, bias=False)
+    pad = dilation * (kernel - 1) // 2
+    return nn.Conv2d(in_ch, out_ch, kernel, stride, padding=pad, dilation=dilation, groups=groups, bias=False)
+
+
+class ConvBNAct(nn.Sequential):
+    """conv → BN → ReLU: every convolution in Table 1 is followed by batch norm and ReLU (Section 3.2)."""
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int,
+        stride: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        padding: str = "symmetric",
+        activation: str = "relu",
+        bn_eps: float = 1e-5,
+    ):
+        super().__init__()
+        self.conv = make_conv(in_ch, out_ch, kernel, stride, dilation, groups, padding)
+        self.bn = nn.BatchNorm2d(out_ch, eps=bn_eps)
+        self.act = ACTIVATIONS[activation](inplace=True)

@@ -1,0 +1,196 @@
+"""The MobileNet-V1 ``nn.Module``, built layer by layer from :func:`mobilenet_v1.spec.resolve`."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from . import spec
+from .layers import ACTIVATIONS, PADDINGS, ConvBNAct
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model; stored as ``config.json`` beside its weights."""
+
+    width_multiplier: float = 1.0  # α, Section 4.2
+    resolution: int = 224  # input size; ρ = resolution / 224 (Section 4.3); the module accepts any size
+    variant: str = "standard"
+    num_classes: int = 1000
+    in_chans: int = 3
+    dropout: float = 0.0
+    activation: str = "relu"  # the paper; Google's released weights use relu6
+    padding: str = "symmetric"  # "tf_same" for TensorFlow/Keras weights
+    bn_eps: float = 1e-5  # TF-slim and Keras use 1e-3
+    output_stride: int = 32
+    min_depth: int = spec.DEFAULT_MIN_DEPTH
+    extra: dict = field(default_factory=dict, compare=False)  # e.g. the 1001-class "background" offset
+
+    def __post_init__(self):
+        spec.validate(
+            self.width_multiplier,
+            self.resolution,
+            self.variant,
+            self.output_stride,
+            self.num_classes,
+            self.in_chans,
+            self.min_depth,
+        )
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {self.activation!r}")
+        if self.padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {', '.join(PADDINGS)}; got {self.padding!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
+    def layers(self) -> list[spec.Layer]:
+        return spec.resolve(
+            self.width_multiplier,
+            self.resolution,
+            self.variant,
+            self.output_stride,
+            self.num_classes,
+            self.in_chans,
+            self.min_depth,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+class MobileNetV1(nn.Module):
+    """MobileNet-V1 (Howard et al. 2017, Table 1) with width multiplier α and a backbone API.
+
+    Module names are TF-slim's end points (``features.Conv2d_0``, ``features.Conv2d_1_depthwise``,
+    ``features.Conv2d_1_pointwise``, …) so converters map weights one to one. The classifier is
+    ``classifier`` (TF-slim ``Logits/Conv2d_1c_1x1``).
+
+    ``features_only=True`` returns the maps at strides 2, 4, 8, 16, 32 (``out_indices`` picks).
+    """
+
+    def __init__(
+        self,
+        width_multiplier: float = 1.0,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        variant: str = "standard",
+        dropout: float = 0.0,
+        activation: str = "relu",
+        padding: str = "symmetric",
+        bn_eps: float = 1e-5,
+        output_stride: int = 32,
+        min_depth: int = spec.DEFAULT_MIN_DEPTH,
+        resolution: int = 224,
+        features_only: bool = False,
+        out_indices: Sequence[int] = (0, 1, 2, 3, 4),
+        config: ModelConfig | None = None,
+    ):
+        super().__init__()
+        if config is None:
+            config = ModelConfig(
+                width_multiplier,
+                resolution,
+                variant,
+                num_classes,
+                in_chans,
+                dropout,
+                activation,
+                padding,
+                bn_eps,
+                output_stride,
+                min_depth,
+            )
+        self.config = config
+        layers = config.layers()
+        convs = [layer for layer in layers if layer.op not in (spec.OP_POOL, spec.OP_FC)]
+        self.features = nn.Sequential(
+            OrderedDict(
+                (
+                    layer.name,
+                    ConvBNAct(
+                        layer.in_channels,
+                        layer.out_channels,
+                        layer.kernel,
+                        layer.stride,
+                        layer.dilation,
+                        layer.groups,
+                        config.padding,
+                        config.activation,
+                        config.bn_eps,
+                    ),
+                )
+                for layer in convs
+            )
+        )
+        self.num_features = convs[-1].out_channels
+        self.num_classes = config.num_classes
+        self.features_only = features_only
+        taps = spec.feature_layers(layers)
+        out_indices = tuple(out_indices)
+        if not out_indices or any(not 0 <= i < len(taps) for i in out_indices):
+            raise ValueError(f"out_indices must be a non-empty subset of 0..{len(taps) - 1}; got {out_indices}")
+        self.feature_info = [
+            {"module": f"features.{taps[i].name}", "num_chs": taps[i].out_channels, "reduction": taps[i].feature_stride}
+            for i in out_indices
+        ]
+        self._tap_names = {taps[i].name for i in out_indices}
+        if not features_only:
+            self.global_pool = nn.AdaptiveAvgPool2d(1)
+            self.dropout = nn.Dropout(config.dropout)
+            self.classifier = nn.Linear(self.num_features, config.num_classes) if config.num_classes else nn.Identity()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != self.config.in_chans:
+            raise ValueError(f"expected input of shape (N, {self.config.in_chans}, H, W), got {tuple(x.shape)}")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """The last feature map, or (``features_only``) the list of maps at the selected strides."""
+        self._check_input(x)
+        if not self.features_only:
+            return self.features(x)
+        maps = []
+        for name, module in self.features.named_children():
+            x = module(x)
+            if name in self._tap_names:
+                maps.append(x)
+                if len(maps) == len(self._tap_names):
+                    break
+        return maps
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.dropout(torch.flatten(self.global_pool(x), 1))
+        return x if pre_logits else self.classifier(x)
+
+    def forward(self, x: torch.Tensor):
+        x = self.forward_features(x)
+        return x if self.features_only else self.forward_head(x)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head (fine-tuning on a different class count)."""
+        self.config = ModelConfig.from_dict({**self.config.to_dict(), "num_classes": num_classes})
+        self.num_classes = num_classes
+        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        if num_classes:
+            nn.init.normal_(self.classifier.weight, 0.0, 0.01)
+            nn.init.zeros_(self.classifier.bias)
