@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--graph", default="/tmp/nudity/retrained_graph.pb", help="retrained_graph.pb or the nudity sdist")
-    ap.add_argument("--out", default=os.path.join(here, "..", "tests", "data", "tf_reference.npz"))
+    ap.add_argument("--out", default=os.path.normpath(os.path.join(here, "..", "tests", "data", "tf_reference.npz")))
     ap.add_argument("--labels", default=None, help="optional file with the 1000 ImageNet class names")
     args = ap.parse_args(argv)
 
@@ -279,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         tops = ", ".join(f"{k} {label_of(int(k), labels)} ({p[k]:.3f})" for k in top5[i])
         e2e_top = np.argsort(-e2e_logits[i])[:5]
         same = "same" if np.array_equal(e2e_top, top5[i]) else f"DIFFERS {e2e_top.tolist()}"
-        print(f"{name:10s} top5: {tops}; head_probs {data['head_probs'][i].round(4).tolist()}; e2e top5 {same}")
+        head = ", ".join(f"{v:.4f}" for v in data["head_probs"][i])
+        print(f"{name:10s} top5: {tops}; head_probs [{head}]; e2e top5 {same}")
     print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.2f} MB)")
     for k, v in data.items():
         print(f"  {k:26s} {str(v.shape):18s} {v.dtype}")

@@ -17,3 +17,7 @@ __all__ = [
     "resolve",
 ]
 __version__ = "0.1.0"
+
+from .checkpoint import from_pretrained, save_pretrained  # noqa: E402
+
+__all__ += ["from_pretrained", "save_pretrained"]

@@ -1,0 +1,180 @@
+"""Weights on disk: a directory holding ``config.json`` + ``model.safetensors``.
+
+Never unpickles: weights travel as safetensors. Every write is atomic (temporary file in the same
+directory, then ``os.replace``), so a crash leaves either the old file or the new one, never half.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .model import MobileNetV1, ModelConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT = "mobilenet-v1"
+
+# Google/Keras preprocessing: x/127.5 − 1. torchvision/timm ImageNet statistics are the alternative.
+TF_MEAN, TF_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Preprocessing:
+    """How an image becomes the model's input tensor (recorded so predict/export reproduce it)."""
+
+    input_size: int = 224
+    resize: int | None = None  # shorter side before the centre crop; None = resize straight to input_size
+    interpolation: str = "bilinear"
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    grayscale: bool = False  # convert to one channel (in_chans=1 models)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> Preprocessing:
+        d = dict(d or {})
+        for k in ("mean", "std"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class Pretrained:
+    """What ``config.json`` holds besides the weights."""
+
+    model: ModelConfig
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    class_names: list[str] | None = None
+    # 1 for Google's 1001-class heads, whose index 0 is "background": class i of the 1000 is logit i + 1.
+    label_offset: int = 0
+    source: dict = field(default_factory=dict)  # provenance: converted from what, trained how
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "model": self.model.to_dict(),
+            "preprocessing": asdict(self.preprocessing),
+            "class_names": self.class_names,
+            "label_offset": self.label_offset,
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "config") -> Pretrained:
+        if d.get("format") != FORMAT or "model" not in d:
+            raise ValueError(f"{where}: not a mobilenet-v1 config (missing 'format': '{FORMAT}' or 'model')")
+        return cls(
+            ModelConfig.from_dict(d["model"]),
+            Preprocessing.from_dict(d.get("preprocessing")),
+            d.get("class_names"),
+            int(d.get("label_offset", 0)),
+            d.get("source", {}),
+        )
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it over ``path``, on error delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def save_weights(state_dict: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None) -> None:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def save_pretrained(
+    model: MobileNetV1, out_dir: str | os.PathLike, info: Pretrained | None = None, weights_name: str = WEIGHTS_NAME
+) -> Path:
+    """Write ``config.json`` and the weights into ``out_dir`` (both atomically)."""
+    out_dir = Path(out_dir)
+    info = info or Pretrained(model.config)
+    info.model = model.config
+    save_weights(model.state_dict(), out_dir / weights_name, metadata={"format": FORMAT})
+    write_json(out_dir / CONFIG_NAME, info.to_dict())
+    return out_dir
+
+
+def read_config(path: str | os.PathLike) -> Pretrained:
+    path = Path(path)
+    cfg_path = path / CONFIG_NAME if path.is_dir() else path
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{cfg_path}: no such file (expected a directory with {CONFIG_NAME} + {WEIGHTS_NAME})")
+    try:
+        data = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
+    return Pretrained.from_dict(data, where=str(cfg_path))
+
+
+def load_state_into(model: MobileNetV1, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load a state dict, turning shape/key mismatches into one line naming the file and the problem."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(
+            f"{where}: weights do not fit this model ({len(missing)} missing, e.g. {missing[:2]}; "
+            f"{len(unexpected)} unexpected, e.g. {unexpected[:2]})"
+        )
+    for k, v in state.items():
+        if own[k].shape != v.shape:
+            raise ValueError(
+                f"{where}: {k} has shape {tuple(v.shape)} but the model (alpha={model.config.width_multiplier:g}, "
+                f"classes={model.config.num_classes}) expects {tuple(own[k].shape)}"
+            )
+    model.load_state_dict(state)
+
+
+def from_pretrained(path: str | os.PathLike, weights_name: str = WEIGHTS_NAME, **backbone) -> MobileNetV1:
+    """The model in eval mode from a directory with ``config.json`` + ``model.safetensors``.
+
+    ``backbone`` may hold ``features_only`` / ``out_indices``; the head's weights are then ignored.
+    The :class:`Pretrained` info is attached as ``model.pretrained``.
+    """
+    path = Path(path)
+    info = read_config(path)
+    model = MobileNetV1(config=info.model, **backbone)
+    weights = path / weights_name
+    state = load_weights(weights)
+    if backbone.get("features_only"):
+        state = {k: v for k, v in state.items() if k.startswith("features.")}
+    load_state_into(model, state, str(weights))
+    model.pretrained = info
+    return model.eval()
