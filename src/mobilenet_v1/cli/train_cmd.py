@@ -1,0 +1,109 @@
+"""``mobilenet-v1 train`` — see ``mobilenet_v1.train`` for the library function."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..data import DATASETS
+from ..model import ModelConfig
+from ..preprocess import PRESETS
+from ..recipes import RECIPES
+from ..train import TrainConfig, train
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", help="run directory to create (config, weights, metrics, curves)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last completed epoch")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="fashion-mnist", help=f"one of {', '.join(DATASETS)}")
+    g.add_argument("--data", help="data directory (fashion-mnist: IDX files; folder: a tree with train/ and val/)")
+    g.add_argument("--preset", default="small", help=f"preprocessing, one of {', '.join(PRESETS)}")
+    g.add_argument("--grayscale", action="store_true", help="one input channel (in_chans=1) instead of replicating")
+    g.add_argument("--no-augment", dest="augment", action="store_false")
+    g.add_argument("--train-subset", type=int, help="use a fixed random subset of N training images")
+    g.add_argument("--val-subset", type=int)
+    g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    m = p.add_argument_group("model")
+    m.add_argument("--alpha", type=float, default=1.0, help="width multiplier α")
+    m.add_argument("--resolution", type=int, default=224, help="input size (ρ = resolution/224)")
+    m.add_argument("--variant", default="standard")
+    m.add_argument("--output-stride", type=int, default=32)
+    m.add_argument("--activation", default="relu")
+    m.add_argument("--dropout", type=float, default=0.0)
+    m.add_argument("--init", help="fine-tune from weights: a run/converted directory, .pb, .h5/.keras, timm file")
+    m.add_argument("--freeze-features", action="store_true", help="linear probe: train only the classifier")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--recipe", default="fast", help=f"one of {', '.join(RECIPES)}")
+    o.add_argument("--epochs", type=int, default=10)
+    o.add_argument("--batch-size", type=int, default=128, help="per process")
+    o.add_argument(
+        "--accum-steps",
+        type=int,
+        default=1,
+        help="gradient accumulation: micro-batches per step (interleaved, like DDP ranks)",
+    )
+    o.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's, scaled with the batch)")
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--max-steps-per-epoch", type=int)
+    s = p.add_argument_group("speed")
+    s.add_argument("--precision", default="auto", help="auto (bf16 where supported), fp32, bf16")
+    s.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    s.add_argument("--compile", action="store_true", help="torch.compile the model")
+    s.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (GPU)")
+    s.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--tensorboard", action="store_true")
+    p.add_argument("--quiet", dest="progress", action="store_false", help="no progress bar or per-epoch lines")
+    p.add_argument("--json", action="store_true", help="print the final result as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    if bool(args.out) == bool(args.resume):
+        raise ValueError("give exactly one of --out RUN_DIR (new run) or --resume RUN_DIR")
+    model = ModelConfig(
+        width_multiplier=args.alpha,
+        resolution=args.resolution,
+        variant=args.variant,
+        in_chans=1 if args.grayscale else 3,
+        dropout=args.dropout,
+        activation=args.activation,
+        output_stride=args.output_stride,
+    )
+    cfg = TrainConfig(
+        out_dir=args.out or args.resume,
+        model=model,
+        dataset=args.dataset,
+        data=args.data,
+        preset=args.preset,
+        recipe=args.recipe,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        accum_steps=args.accum_steps,
+        lr=args.lr,
+        workers=args.workers,
+        seed=args.seed,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        sync_bn=args.sync_bn,
+        augment=args.augment,
+        train_subset=args.train_subset,
+        val_subset=args.val_subset,
+        max_steps_per_epoch=args.max_steps_per_epoch,
+        init=args.init,
+        freeze_features=args.freeze_features,
+        tensorboard=args.tensorboard,
+        progress=args.progress,
+        device=args.device,
+    )
+    result = train(cfg, resume=bool(args.resume))
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return 0
+    if args.json:
+        print(result.to_json())
+    else:
+        print(
+            f"{result.run_dir}: val top-1 {result.final.top1:.2f}% (best {result.best_top1:.2f}%), "
+            f"top-5 {result.final.top5:.2f}%, {result.seconds:.0f} s"
+        )
+    return 0

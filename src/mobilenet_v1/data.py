@@ -1,0 +1,166 @@
+"""Datasets (torchvision's Fashion-MNIST and ImageFolder) and their loaders.
+
+Corrupt images inside a dataset are *skipped and counted*: the loader drops them from the batch,
+warns once per file with its path, and the training metrics record how many were skipped — one bad
+JPEG in a million should not kill a day-long run, and should not go unnoticed either.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torchvision import datasets
+
+from .checkpoint import atomic_path
+from .preprocess import IMAGE_SUFFIXES, load_image
+
+# Where `apt-get install -y dataset-fashion-mnist` puts the gzipped IDX files (`dpkg -L dataset-fashion-mnist`).
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+DATASETS = ("fashion-mnist", "folder")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MOBILENET_V1_CACHE", Path.home() / ".cache" / "mobilenet-v1"))
+
+
+def _fashion_mnist_root(src: str | os.PathLike) -> Path:
+    """Unpack the IDX files into the layout torchvision expects (``<root>/FashionMNIST/raw``), once."""
+    src = Path(src).resolve()
+    # One unpacked copy per source directory, so --data OTHER_DIR never reads a stale copy.
+    key = hashlib.sha256(str(src).encode()).hexdigest()[:12]
+    raw = cache_dir() / "datasets" / key / "FashionMNIST" / "raw"
+    for name in _IDX_FILES:
+        if (raw / name).is_file():
+            continue
+        raw.mkdir(parents=True, exist_ok=True)
+        if (src / name).is_file():
+            with atomic_path(raw / name) as tmp:
+                shutil.copyfile(src / name, tmp)
+        elif (src / f"{name}.gz").is_file():
+            try:
+                with gzip.open(src / f"{name}.gz") as f_in, atomic_path(raw / name) as tmp, open(tmp, "wb") as f_out:
+                    shutil.copyfileobj(f_in, f_out)
+            except (OSError, EOFError) as e:
+                raise ValueError(f"{src / (name + '.gz')}: not a readable gzip IDX file ({e})") from None
+        else:
+            raise FileNotFoundError(
+                f"{src}: Fashion-MNIST file {name}(.gz) not found (install it with "
+                f"`apt-get install -y dataset-fashion-mnist`, or pass --data DIR holding the IDX files)"
+            )
+    return raw.parent.parent
+
+
+def fashion_mnist(root: str | os.PathLike | None, train: bool, transform=None) -> datasets.FashionMNIST:
+    ds = datasets.FashionMNIST(_fashion_mnist_root(root or FASHION_MNIST_DIR), train=train, transform=transform)
+    return ds
+
+
+class SafeImageFolder(datasets.ImageFolder):
+    """ImageFolder that yields ``None`` for an unreadable image instead of raising (see module docstring)."""
+
+    def __init__(self, root, transform=None):
+        super().__init__(root, transform=transform, loader=load_image, is_valid_file=_is_image)
+        self._warned: set[str] = set()
+
+    def __getitem__(self, index):
+        path, target = self.samples[index]
+        try:
+            sample = self.loader(path)
+        except ValueError as e:
+            if path not in self._warned:
+                self._warned.add(path)
+                warnings.warn(f"skipping {e}", stacklevel=1)
+            return None
+        if self.transform is not None:
+            sample = self.transform(sample)
+        return sample, target
+
+
+def _is_image(path: str) -> bool:
+    return path.lower().endswith(IMAGE_SUFFIXES)
+
+
+def image_folder(root: str | os.PathLike, split: str, transform=None) -> SafeImageFolder:
+    """``<root>/<split>/<class>/<image>`` (ImageNet's layout): a clear one-line error for each bad layout."""
+    split_dir = Path(root) / split
+    if not split_dir.is_dir():
+        raise FileNotFoundError(f"{split_dir}: no such directory (expected {root}/{split}/<class>/<image>)")
+    classes = [d for d in split_dir.iterdir() if d.is_dir()]
+    if not classes:
+        raise ValueError(f"{split_dir}: no class folders (expected {split_dir}/<class>/<image>)")
+    try:
+        return SafeImageFolder(str(split_dir), transform=transform)
+    except FileNotFoundError as e:  # ImageFolder: "Found no valid file for the classes ..."
+        raise ValueError(f"{split_dir}: empty split, no images with suffix {'/'.join(IMAGE_SUFFIXES)} ({e})") from None
+
+
+def class_names(ds: Dataset) -> list[str]:
+    while isinstance(ds, Subset):
+        ds = ds.dataset
+    return list(ds.classes)
+
+
+def load_split(dataset: str, root: str | None, split: str, transform=None) -> Dataset:
+    """``split`` is "train" or "val" (Fashion-MNIST's test set serves as "val")."""
+    if dataset == "fashion-mnist":
+        return fashion_mnist(root, train=split == "train", transform=transform)
+    if dataset == "folder":
+        if not root:
+            raise ValueError("dataset 'folder' needs --data DIR (a tree with train/ and val/ subfolders)")
+        return image_folder(root, split, transform)
+    raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
+
+
+def subset(ds: Dataset, n: int | None, seed: int = 0) -> Dataset:
+    """A fixed random subset of ``n`` samples (the same for every process and every resume)."""
+    if not n or n >= len(ds):
+        return ds
+    g = torch.Generator().manual_seed(seed)
+    return Subset(ds, torch.randperm(len(ds), generator=g)[:n].tolist())
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor
+    labels: torch.Tensor
+    skipped: int  # corrupt samples dropped from this batch
+
+
+def collate_skipping(samples) -> Batch:
+    good = [s for s in samples if s is not None]
+    skipped = len(samples) - len(good)
+    if not good:
+        return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), skipped)
+    images = torch.stack([s[0] for s in good])
+    labels = torch.tensor([s[1] for s in good], dtype=torch.long)
+    return Batch(images, labels, skipped)
+
+
+def train_loader(ds: Dataset, batch_size: int, seed: int, rank: int, world: int, workers: int) -> DataLoader:
+    """Shuffled by DistributedSampler even on one process, so 1×2B and 2×B runs see the same global batches."""
+    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_skipping,
+        drop_last=True,
+        persistent_workers=workers > 0,
+        generator=torch.Generator(),
+    )
+
+
+def eval_loader(ds: Dataset, batch_size: int, rank: int = 0, world: int = 1, workers: int = 0) -> DataLoader:
+    """Each rank takes every world-th sample, with no padding, so summed counts are exact."""
+    shard = ds if world == 1 else Subset(ds, list(range(rank, len(ds), world)))
+    return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_skipping)

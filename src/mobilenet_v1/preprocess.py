@@ -1,0 +1,103 @@
+"""Images in, tensors out: decoding any common image, and the train/eval transforms (torchvision v2)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms import InterpolationMode, v2
+
+from .checkpoint import Preprocessing
+
+PRESETS = ("inception", "small")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+def load_image(path: str | os.PathLike, grayscale: bool = False) -> Image.Image:
+    """Decode an image to 8-bit RGB (or L): handles palette, RGBA, CMYK, grayscale and 16-bit files.
+
+    Raises ``ValueError`` naming the file when it is not a readable image.
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                # 16-bit: PIL's convert("L") clips at 255 instead of scaling; scale the full range down.
+                arr = np.asarray(im, dtype=np.float64)
+                scale = 65535.0 if arr.max() > 255 else 255.0
+                im = Image.fromarray(np.clip(arr / scale * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+            elif im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                # Composite transparency on white, as a viewer shows it, rather than dropping alpha to black.
+                rgba = im.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(background, rgba)
+            return im.convert("L" if grayscale else "RGB")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+
+
+def _channels(pre: Preprocessing):
+    # One channel for in_chans=1 models; otherwise grayscale inputs are replicated to RGB.
+    return v2.Grayscale(1) if pre.grayscale else v2.RGB()
+
+
+def _to_input(pre: Preprocessing):
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(pre.mean), std=list(pre.std))]
+
+
+def _interp(name: str) -> InterpolationMode:
+    return InterpolationMode(name)
+
+
+def eval_transform(pre: Preprocessing) -> v2.Compose:
+    """Resize (shorter side to ``resize``, then centre crop) or straight to ``input_size``; normalise."""
+    size = pre.input_size
+    if pre.resize:
+        geometry = [
+            v2.Resize(pre.resize, interpolation=_interp(pre.interpolation), antialias=True),
+            v2.CenterCrop(size),
+        ]
+    else:
+        geometry = [v2.Resize((size, size), interpolation=_interp(pre.interpolation), antialias=True)]
+    return v2.Compose([_channels(pre), *geometry, *_to_input(pre)])
+
+
+def train_transform(pre: Preprocessing, preset: str = "inception", augment: bool = True) -> v2.Compose:
+    """Training transforms.
+
+    ``inception``: the paper's ImageNet preprocessing (Inception-style random resized crop + flip);
+    ``small``: resize to the input size, random crop with padding + flip (28–64 px data such as Fashion-MNIST).
+    ``augment=False`` gives the evaluation transform (deterministic runs, tests).
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {preset!r}")
+    if not augment:
+        return eval_transform(pre)
+    size, interp = pre.input_size, _interp(pre.interpolation)
+    if preset == "inception":
+        geometry = [v2.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=interp, antialias=True)]
+    else:
+        geometry = [
+            v2.Resize((size, size), interpolation=interp, antialias=True),
+            v2.RandomCrop(size, padding=size // 8, padding_mode="constant"),
+        ]
+    return v2.Compose([_channels(pre), *geometry, v2.RandomHorizontalFlip(), *_to_input(pre)])
+
+
+def default_preprocessing(preset: str, input_size: int, grayscale: bool) -> Preprocessing:
+    """Preprocessing recorded in a run's config.json (and used by eval/predict/export)."""
+    if grayscale:
+        mean, std = (0.5,), (0.5,)
+    else:
+        mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    resize = round(input_size / 0.875) if preset == "inception" else None  # the usual 87.5% centre crop
+    return Preprocessing(input_size=input_size, resize=resize, mean=mean, std=std, grayscale=grayscale)
+
+
+def image_to_tensor(path: str | os.PathLike, pre: Preprocessing) -> torch.Tensor:
+    """One file -> a (C, H, W) float tensor ready for the model."""
+    return eval_transform(pre)(load_image(path, grayscale=pre.grayscale))

@@ -1,0 +1,79 @@
+"""The paper recipe's optimizer against TF's RMSprop formula, and which parameters get weight decay."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mobilenet_v1 import MobileNetV1
+from mobilenet_v1.recipes import EMA, FAST, PAPER, RMSpropTF, get_recipe, lr_at, param_groups
+
+
+def tf_rmsprop_reference(theta, grads, lr, decay, momentum, eps, wd):
+    """tf.compat.v1.train.RMSPropOptimizer (ApplyRMSProp kernel docs), with l2 loss added to the gradient:
+    ms <- decay*ms + (1-decay)*g^2 (ms starts at 1); mom <- momentum*mom + lr*g/sqrt(ms+eps); theta -= mom."""
+    ms, mom = np.ones_like(theta), np.zeros_like(theta)
+    for g in grads:
+        g = g + wd * theta
+        ms = decay * ms + (1 - decay) * g * g
+        mom = momentum * mom + lr * g / np.sqrt(ms + eps)
+        theta = theta - mom
+    return theta
+
+
+@pytest.mark.parametrize("eps,wd", [(1.0, 0.0), (1e-3, 4e-5), (0.1, 0.01)])
+def test_rmsprop_tf_matches_formula(eps, wd):
+    rng = np.random.default_rng(0)
+    theta0 = rng.normal(size=(5, 3))
+    grads = [rng.normal(size=(5, 3)) * s for s in (1.0, 3.0, 0.1, 2.0)]
+    p = nn.Parameter(torch.tensor(theta0))
+    opt = RMSpropTF([p], lr=0.045, decay=0.9, momentum=0.9, eps=eps, weight_decay=wd)
+    for g in grads:
+        p.grad = torch.tensor(g)
+        opt.step()
+    expected = tf_rmsprop_reference(theta0, grads, 0.045, 0.9, 0.9, eps, wd)
+    np.testing.assert_allclose(p.detach().numpy(), expected, rtol=1e-12, atol=1e-12)
+    # PyTorch's own RMSprop (eps outside the root, square average starting at 0) is a different optimizer:
+    q = nn.Parameter(torch.tensor(theta0))
+    torch_opt = torch.optim.RMSprop([q], lr=0.045, alpha=0.9, momentum=0.9, eps=eps, weight_decay=wd)
+    for g in grads:
+        q.grad = torch.tensor(g)
+        torch_opt.step()
+    assert not np.allclose(q.detach().numpy(), expected, atol=1e-3)
+
+
+def test_no_weight_decay_on_depthwise_bn_bias():
+    model = MobileNetV1(width_multiplier=0.25, num_classes=10)
+    decay, no_decay = param_groups(model, 4e-5)
+    assert decay["weight_decay"] == 4e-5 and no_decay["weight_decay"] == 0.0
+    ids = {id(p) for p in decay["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in ids}
+    assert "features.Conv2d_0.conv.weight" in names and "features.Conv2d_1_pointwise.conv.weight" in names
+    assert "classifier.weight" in names
+    assert not [n for n in names if "depthwise" in n or ".bn." in n or n.endswith("bias")]
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    assert len(names) == 1 + 13 + 1  # stem, 13 pointwise convs, FC
+
+
+def test_recipes():
+    assert get_recipe("paper") is PAPER and PAPER.optimizer == "rmsprop_tf" and PAPER.label_smoothing == 0.0
+    assert PAPER.weight_decay == 4e-5
+    with pytest.raises(ValueError, match="recipe must be one of paper, fast; got 'adam'"):
+        get_recipe("adam")
+    # warm-up then cosine to zero; TF-slim's exponential decay ×0.94 every 2 epochs
+    assert lr_at(FAST, 1.0, 0, 10, 100) == pytest.approx(0.1)
+    assert lr_at(FAST, 1.0, 9, 10, 100) == pytest.approx(1.0)
+    assert lr_at(FAST, 1.0, 100, 10, 100) == pytest.approx(0.0)
+    assert lr_at(PAPER, 1.0, 45, 10, 100) == pytest.approx(0.94**2)
+
+
+def test_ema_follows_weights_and_copies_bn_stats():
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+        model[1].running_mean.fill_(3.0)
+    ema.update(model)  # warm-up decay: min(0.5, 2/11)
+    before = model[0].weight - 1.0
+    assert torch.allclose(ema.state["0.weight"], before + (1 - 2 / 11))
+    assert torch.equal(ema.state["1.running_mean"], torch.full((2,), 3.0))
