@@ -1,0 +1,99 @@
+"""``convert``: read any source, check it against what was asked, write it — or write nothing.
+
+Everything that can fail (reading, inferring, checking, building) happens in memory first. Only a
+fully converted model is written, into a temporary directory beside the target that is then moved
+into place, so a failed conversion leaves the output directory as it was (absent, or untouched).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, save_pretrained
+from .adapt import adapt
+from .common import describe
+from .formats import detect_format, load_any
+
+
+@dataclass
+class ConvertResult:
+    """What was converted into what (``to_json`` for scripts, ``summary`` for people)."""
+
+    source: str
+    format: str
+    output: str
+    inferred: dict
+    dropped: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    def summary(self) -> str:
+        i = self.inferred
+        classes = f"{i['num_classes']} classes" if i["num_classes"] else "no head"
+        if i.get("label_offset"):
+            classes += " (logit 0 = background)"
+        line = (
+            f"{self.format} {self.source} -> {self.output}: alpha={i['width_multiplier']:g}, {i['resolution']}px, "
+            f"{classes}, {i['activation']}, padding={i['padding']}, bn_eps={i['bn_eps']:g}"
+        )
+        if self.dropped:
+            line += f"; dropped (not part of MobileNet): {', '.join(self.dropped)}"
+        return line
+
+
+def convert(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    format: str = "auto",
+    width_multiplier: float | None = None,
+    num_classes: int | None = None,
+    resolution: int | None = None,
+) -> ConvertResult:
+    """Convert ``src`` into ``out``: a directory (``config.json`` + ``model.safetensors``), or a Keras
+    file when ``out`` ends in ``.keras`` / ``.weights.h5``.
+
+    ``width_multiplier`` / ``num_classes`` are expectations: a source that differs is an error (except
+    1000 from Google's 1001 classes, which drops the background logit). ``resolution`` is recorded
+    where the source has none.
+    """
+    src, out = Path(src), Path(out)
+    kind = detect_format(src) if format == "auto" else format
+    model, info = load_any(src, resolution=resolution, format=kind)
+    model = adapt(model, info, str(src), width_multiplier=width_multiplier, num_classes=num_classes)
+    info = model.pretrained
+    if out.name.endswith((".keras", ".weights.h5")):
+        from .keras_export import export_keras
+
+        export_keras(model, out)
+    else:
+        _write_dir(model, info, out)
+    return ConvertResult(str(src), kind, str(out), describe(model, info), list(info.source.get("dropped", [])))
+
+
+def _write_dir(model, info, out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save_pretrained(model, tmp, info)
+        # mkdtemp/mkstemp create private (0700/0600) entries; give the result the usual umask permissions
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)
+        for f in tmp.iterdir():
+            f.chmod(0o666 & ~umask)
+        if not out.exists():
+            os.replace(tmp, out)  # the whole directory appears at once
+        else:
+            for name in (WEIGHTS_NAME, CONFIG_NAME):  # weights first: config.json names a complete model
+                os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,194 @@
+"""Released MobileNet-V1 weights by name: download once, verify, convert, cache, load.
+
+    model = create_model("mobilenet_v1_100_224", pretrained=True)          # Google's TF-slim release
+    model = create_model("mobilenet_v1_050_160", pretrained="keras")       # Keras's .h5 of the same
+    model = create_model("mobilenet_v1_100_224", pretrained="/data/mobilenet_v1_1.0_224.tgz")  # a local copy
+
+Sources per model name (``pretrained=True`` takes the first): ``tf`` — the TF-slim 2018_08_02 float
+tarballs (frozen graph inside; 1001 classes, logit 0 = background), ``keras`` / ``keras_no_top`` —
+the Keras applications ``.h5`` files (the same weights, 1000 classes), ``timm`` — timm's own training
+(``mobilenetv1_100``, ``mobilenetv1_125``). A SHA-256 is checked where one is published; see
+``sha256=None`` entries for where none is. Any local path or ``file://``/``https://`` URL works too.
+
+Files land in :func:`cache_dir` (``$MOBILENET_V1_CACHE``, else ``$XDG_CACHE_HOME/mobilenet-v1``,
+else ``~/.cache/mobilenet-v1``): ``downloads/`` holds what was fetched, ``converted/<name>.<source>/``
+the converted model, so each file is downloaded and converted once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .checkpoint import CONFIG_NAME, atomic_path, from_pretrained
+from .model import MobileNetV1
+
+
+@dataclass(frozen=True)
+class Weights:
+    """One downloadable weights file."""
+
+    url: str
+    filename: str  # name in the cache's downloads/ (URLs such as huggingface's all end in model.safetensors)
+    sha256: str | None  # None: the publisher gives no checksum
+    resolution: int  # the input size the weights were trained at (Keras .h5 files do not record it)
+    preprocessing: dict = field(default_factory=dict)  # overrides of what the converter records
+    sha256_from: str = ""  # where the checksum was published
+
+
+TF_SLIM = "https://storage.googleapis.com/download.tensorflow.org/models/mobilenet_v1_2018_08_02/"
+KERAS = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet/"
+TIMM = "https://huggingface.co/timm/{tag}/resolve/main/model.safetensors"
+OMZ = "OpenVINO Open Model Zoo, models/public/mobilenet-v1-*/model.yml"
+# Google publishes no checksums; the Open Model Zoo records these four tarballs' SHA-256.
+TF_SLIM_SHA256 = {
+    "1.0_224": "2fadeabb9968ec6833bee903900dda6e61b3947200535874ce2fe42a8493abc0",
+    "0.5_224": "98cf7a39552f73920cb99617cfa9b88d5732a87abf9ec14f7cc7f3ade1db0aaa",
+    "0.5_160": "6bbc9dd7892433e49b4b6ff6af2952183eaa6c1c0cb862868465377a29c77b0d",
+    "0.25_128": "879ddc3e0857f3611b5cf248e36de2288c7a11ea8c2ed8a8bdded635e6010dfe",
+}
+_TF_ALPHA = {"100": "1.0", "075": "0.75", "050": "0.5", "025": "0.25"}  # TF-slim file names
+_KERAS_ALPHA = {"100": "1_0", "075": "7_5", "050": "5_0", "025": "2_5"}  # Keras file names
+
+
+def _registry() -> dict[str, dict[str, Weights]]:
+    table: dict[str, dict[str, Weights]] = {}
+    for width, tf_alpha in _TF_ALPHA.items():
+        for res in (224, 192, 160, 128):
+            tf_name = f"mobilenet_v1_{tf_alpha}_{res}.tgz"
+            sha = TF_SLIM_SHA256.get(f"{tf_alpha}_{res}")
+            k = f"mobilenet_{_KERAS_ALPHA[width]}_{res}_tf"
+            table[f"mobilenet_v1_{width}_{res}"] = {
+                "tf": Weights(TF_SLIM + tf_name, tf_name, sha, res, sha256_from=OMZ if sha else ""),
+                "keras": Weights(KERAS + k + ".h5", k + ".h5", None, res),
+                "keras_no_top": Weights(KERAS + k + "_no_top.h5", k + "_no_top.h5", None, res),
+            }
+    for width, crop in (("100", 0.875), ("125", 0.9)):  # timm's pretrained_cfg crop_pct for each
+        tag = f"mobilenetv1_{width}.ra4_e3600_r224_in1k"
+        timm = Weights(TIMM.format(tag=tag), tag + ".safetensors", None, 224, {"resize": int(224 / crop)})
+        table.setdefault(f"mobilenet_v1_{width}_224", {})["timm"] = timm
+    return table
+
+
+PRETRAINED: dict[str, dict[str, Weights]] = _registry()
+
+
+def list_pretrained() -> list[str]:
+    """``name:source`` for every registered weights file."""
+    return [f"{name}:{tag}" for name, sources in PRETRAINED.items() for tag in sources]
+
+
+def cache_dir() -> Path:
+    if os.environ.get("MOBILENET_V1_CACHE"):
+        return Path(os.environ["MOBILENET_V1_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mobilenet-v1"
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch(url: str, dest: Path, sha256: str | None = None) -> Path:
+    """``dest``, downloading ``url`` there first unless present; verified against ``sha256`` when given.
+
+    A mismatch or a failed download leaves nothing at ``dest``.
+    """
+    if dest.is_file():
+        if sha256 and (got := sha256_of(dest)) != sha256:
+            raise ValueError(f"{dest}: SHA-256 {got} is not the published {sha256}; delete the file to download again")
+        return dest
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, atomic_path(dest) as tmp:
+            h = hashlib.sha256()
+            with open(tmp, "wb") as f:
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    h.update(chunk)
+                    f.write(chunk)
+            if sha256 and h.hexdigest() != sha256:
+                raise ValueError(f"{url}: SHA-256 {h.hexdigest()} is not the published {sha256}; download discarded")
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise OSError(
+            f"could not download {url} ({reason}); offline, download it by hand and put it at {dest} "
+            f"(or pass the file's path as the pretrained source)"
+        ) from None
+    return dest
+
+
+def resolve(name: str, source: bool | str = True) -> tuple[str, Weights | None, str]:
+    """``(tag, registry entry or None, local path or URL)`` for ``source`` of model ``name``."""
+    known = PRETRAINED.get(name, {})
+    if source is True:
+        if not known:
+            raise ValueError(f"no released weights for {name!r}; models with weights: {', '.join(PRETRAINED)}")
+        source = next(iter(known))
+    source = str(source)
+    if source in known:
+        return source, known[source], known[source].url
+    if Path(source).exists() or re.match(r"^(file|https?)://", source):
+        return "file", None, source
+    choices = ", ".join(known) or "none registered"
+    raise ValueError(f"{source!r}: not a file, URL or weights source of {name!r} (sources: {choices})")
+
+
+def fetch_source(name: str, source: bool | str = True, cache: Path | None = None) -> Path:
+    """The local file behind ``source`` (downloaded into the cache first when it is a URL)."""
+    tag, entry, where = resolve(name, source)
+    cache = cache or cache_dir()
+    if where.startswith("file://"):
+        path = Path(urllib.request.url2pathname(urllib.parse.urlparse(where).path))
+        if entry is None:
+            return path
+    elif entry is None and not re.match(r"^https?://", where):
+        return Path(where)
+    filename = entry.filename if entry else Path(urllib.parse.urlparse(where).path).name
+    return fetch(where, cache / "downloads" / filename, entry.sha256 if entry else None)
+
+
+def load_pretrained(
+    name: str, source: bool | str = True, cache: str | os.PathLike | None = None, **overrides
+) -> MobileNetV1:
+    """Model ``name`` with released weights, converted once into the cache; eval mode.
+
+    ``overrides`` are ModelConfig fields and the backbone options, applied as in
+    :func:`mobilenet_v1.convert.adapt`: α and the activation/padding/ε must match the weights;
+    ``num_classes=1000`` from Google's 1001 drops the background logit.
+    """
+    from .convert import adapt, load_any
+    from .convert.output import _write_dir
+
+    cache = Path(cache) if cache else cache_dir()
+    tag, entry, where = resolve(name, source)
+    expected = _width_of(name)
+    if expected is not None:
+        overrides.setdefault("width_multiplier", expected)  # the name promises an α: the weights must have it
+    if entry is None:
+        model, info = load_any(fetch_source(name, source, cache))
+    else:
+        converted = cache / "converted" / f"{name}.{tag}"
+        if not (converted / CONFIG_NAME).is_file():
+            path = fetch_source(name, tag, cache)
+            model, info = load_any(path, resolution=entry.resolution)
+            info.preprocessing = type(info.preprocessing)(**{**info.preprocessing.__dict__, **entry.preprocessing})
+            info.source.update(name=name, source=tag, url=entry.url, sha256=sha256_of(path))
+            info.source["sha256_published"] = entry.sha256_from or None
+            _write_dir(model, info, converted)
+        model = from_pretrained(converted)
+        info = model.pretrained
+    return adapt(model, info, where, **overrides)
+
+
+def _width_of(name: str) -> float | None:
+    m = re.fullmatch(r"mobilenet_v1_(\d{3})_\d+", name)
+    return int(m[1]) / 100 if m else None

@@ -1,0 +1,84 @@
+"""timm ``mobilenetv1_100`` / ``mobilenetv1_125`` state dicts → our model, checked against timm itself."""
+
+from __future__ import annotations
+
+import pytest
+import timm  # noqa: E402 - a dev dependency: the independent implementation compared against
+import torch
+from safetensors.torch import save_file
+
+from mobilenet_v1.convert import load_any
+
+TOL = 1e-5  # the issue's bound on max |Δ| vs timm
+
+
+def random_timm(arch: str, seed: int = 0):
+    """timm's model with random weights and random BN statistics (BN's identity init would hide errors)."""
+    torch.manual_seed(seed)
+    model = timm.create_model(arch).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.2)
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+            elif isinstance(m, torch.nn.Linear):
+                m.bias.normal_(0, 0.1)
+    return model
+
+
+@pytest.mark.parametrize(
+    ("arch", "alpha", "suffix"),
+    [
+        ("mobilenetv1_100", 1.0, ".safetensors"),
+        ("mobilenetv1_100", 1.0, ".pth"),
+        ("mobilenetv1_125", 1.25, ".safetensors"),
+    ],
+)
+def test_timm_weights_match_timm_outputs(tmp_path, arch, alpha, suffix):
+    reference = random_timm(arch)
+    path = tmp_path / f"{arch}{suffix}"
+    state = {k: v.contiguous() for k, v in reference.state_dict().items()}
+    save_file(state, path) if suffix == ".safetensors" else torch.save(state, path)
+    model, info = load_any(path)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, got = reference(x), model(x)
+    diff = (got - expected).abs().max().item()
+    print(f"{arch}{suffix}: max |Δ logits| vs timm {diff:.2e}")
+    assert expected.std() > 0.1
+    assert diff <= TOL
+    c = model.config
+    # timm's MobileNet-V1: ReLU6, PyTorch symmetric padding, BatchNorm2d's default eps
+    assert (c.width_multiplier, c.activation, c.padding, c.bn_eps) == (alpha, "relu6", "symmetric", 1e-5)
+    assert (c.num_classes, info.label_offset, info.preprocessing.interpolation) == (1000, 0, "bicubic")
+
+
+def test_timm_checkpoint_wrapped_in_a_dict(tmp_path):
+    reference = random_timm("mobilenetv1_100")
+    torch.save(
+        {"epoch": 3, "state_dict": {f"module.{k}": v for k, v in reference.state_dict().items()}}, tmp_path / "c.pth"
+    )
+    model, _ = load_any(tmp_path / "c.pth")
+    for (k, a), b in zip(model.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_timm_variant_with_head_conv_is_refused(tmp_path):
+    save_file(
+        {k: v.contiguous() for k, v in timm.create_model("mobilenetv1_100h").state_dict().items()},
+        tmp_path / "h.safetensors",
+    )
+    with pytest.raises(ValueError, match="mobilenetv1_100h adds a head conv"):
+        load_any(tmp_path / "h.safetensors")
+
+
+class NotATensor:  # a pickle that would run code on load
+    pass
+
+
+def test_pth_with_arbitrary_objects_is_refused_without_unpickling(tmp_path):
+    torch.save({"conv_stem.weight": NotATensor()}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match="not a readable PyTorch state dict"):
+        load_any(tmp_path / "evil.pth")
