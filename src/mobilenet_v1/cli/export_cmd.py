@@ -1,0 +1,63 @@
+"""``mobilenet-v1 export MODEL_DIR --format onnx|torchscript [--int8 --calibration DIR] -o FILE``."""
+
+from __future__ import annotations
+
+import argparse
+
+FORMATS = ("onnx", "torchscript")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="model directory (config.json + model.safetensors)")
+    p.add_argument("--format", default="onnx", help=f"one of {', '.join(FORMATS)} (default onnx)")
+    p.add_argument("-o", "--output", required=True, help="file to write (atomically: all or nothing)")
+    p.add_argument("--int8", action="store_true", help="static int8 quantization (ONNX Runtime QDQ)")
+    p.add_argument("--calibration", help="directory of images for int8 calibration (a few hundred real images)")
+    p.add_argument("--calibration-images", type=int, default=300, help="use at most this many (default 300)")
+    p.add_argument("--calibration-method", default="minmax", help="minmax, entropy or percentile")
+    p.add_argument(
+        "--per-tensor",
+        action="store_true",
+        help="one weight scale per tensor instead of per channel (shows MobileNet's int8 collapse)",
+    )
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
+    p.add_argument("--json", action="store_true", help="print the export report as one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.format not in FORMATS:
+        raise ValueError(f"--format must be one of {', '.join(FORMATS)}; got {args.format!r}")
+    if args.int8 and args.format != "onnx":
+        raise ValueError("--int8 is available for --format onnx only")
+    if args.int8 and not args.calibration:
+        raise ValueError("--int8 needs --calibration DIR (a directory of real images)")
+    if args.calibration and not args.int8:
+        raise ValueError("--calibration is only used with --int8")
+    from ..checkpoint import from_pretrained  # noqa: PLC0415 - keep `mobilenet-v1 --help` fast
+    from ..deploy.calibration import list_images  # noqa: PLC0415
+
+    if args.int8:
+        list_images(args.calibration)  # fail on a missing/empty directory before loading anything
+    model = from_pretrained(args.path)
+    if args.int8:
+        from ..deploy.quantize import export_int8  # noqa: PLC0415
+
+        report = export_int8(model, args.output, args.calibration, per_channel=not args.per_tensor,
+                             method=args.calibration_method, limit=args.calibration_images)  # fmt: skip
+        summary = (f"wrote {report.path}: int8 QDQ ({'per-channel' if report.per_channel else 'per-tensor'} "
+                   f"weights, {report.method} calibration on {report.calibration_images} images), "
+                   f"{report.size_bytes / 1e6:.2f} MB (fp32 {report.fp32_size_bytes / 1e6:.2f} MB); "
+                   f"runs in ONNX Runtime at batch {', '.join(map(str, report.verified_batches))}")  # fmt: skip
+    elif args.format == "onnx":
+        from ..deploy.onnx_export import DEFAULT_OPSET, export_onnx  # noqa: PLC0415
+
+        report = export_onnx(model, args.output, opset=args.opset or DEFAULT_OPSET)
+        summary = (f"wrote {report.path}: ONNX opset {report.opset}, dynamic batch, {report.size_bytes / 1e6:.2f} MB; "
+                   f"onnx.checker ok; ONNX Runtime vs PyTorch max |diff| {report.max_abs_diff:.2e}")  # fmt: skip
+    else:
+        from ..deploy.onnx_export import export_torchscript  # noqa: PLC0415
+
+        report = export_torchscript(model, args.output)
+        summary = f"wrote {report.path}: TorchScript (frozen), max |diff| vs PyTorch {report.max_abs_diff:.2e}"
+    print(report.to_json() if args.json else summary)
+    return 0

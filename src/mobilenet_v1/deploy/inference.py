@@ -1,0 +1,95 @@
+"""The fast PyTorch inference path, in one call: :func:`optimize_for_inference`.
+
+What it does, and why each step pays on a CPU:
+
+- **fold BN** into conv weight + bias (``fold.py``): one fewer pass over each of 27 activation maps;
+- **channels_last** (NHWC): oneDNN's convolutions, depthwise ones above all, are written for NHWC; in NCHW
+  PyTorch reorders around every conv (at batch 32 NCHW eager is ~2.5× slower here);
+- **inference_mode**: no autograd bookkeeping, no version counters;
+- **bf16** (``precision="bf16"``, or ``"auto"`` where the CPU has native bf16 dot products, e.g. AVX-512
+  BF16 / AMX): half the memory traffic and twice the multiply rate of fp32; outputs are returned as fp32;
+- **torch.compile** (``compile=True``) with inductor *freezing*: weights become constants, so convolutions are
+  pre-packed into oneDNN's blocked layout once and conv + bias + ReLU fuse.
+
+    from mobilenet_v1.deploy import optimize_for_inference
+    fast = optimize_for_inference(model, precision="auto", compile=True)
+    logits = fast(images)   # fp32 NCHW in, fp32 logits out
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .fold import fold_bn
+
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def bf16_supported() -> bool:
+    """True when oneDNN runs bf16 natively on this CPU (AVX-512 BF16 or AMX), not by emulation.
+
+    Without native support bf16 convolutions are emulated and slower than fp32, so "auto" must not pick it.
+    """
+    mkldnn = torch.backends.mkldnn
+    if not mkldnn.is_available():
+        return False
+    native = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(native()) if native is not None else False
+
+
+def resolve_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "auto":
+        return "bf16" if bf16_supported() else "fp32"
+    return precision
+
+
+class InferenceModel(nn.Module):
+    """A folded, channels_last (optionally bf16, optionally compiled) model that takes and returns fp32.
+
+    Callers keep passing ordinary NCHW fp32 tensors; the layout and dtype conversion happen here, once,
+    at the input — cheaper than letting every layer reorder.
+    """
+
+    def __init__(self, module: nn.Module, precision: str, channels_last: bool, compiled: bool):
+        super().__init__()
+        self.module = module
+        self.precision = precision
+        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self.channels_last = channels_last
+        self.compiled = compiled
+        self.config = getattr(module, "config", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            fmt = torch.channels_last if self.channels_last and x.ndim == 4 else torch.contiguous_format
+            out = self.module(x.to(dtype=self.dtype, memory_format=fmt))
+            return out.float() if isinstance(out, torch.Tensor) else [o.float() for o in out]
+
+    def extra_repr(self) -> str:
+        return f"precision={self.precision}, channels_last={self.channels_last}, compiled={self.compiled}"
+
+
+def optimize_for_inference(
+    model: nn.Module, *, precision: str = "fp32", compile: bool = False, channels_last: bool = True
+) -> InferenceModel:
+    """Fold BN, go channels_last, cast to ``precision`` ("fp32", "bf16" or "auto"), optionally compile.
+
+    The input ``model`` is not modified. fp32 outputs match the original model to ~1e-5 (folding
+    reassociates float arithmetic; nothing else changes numerics); bf16 outputs differ by bf16 rounding.
+    """
+    precision = resolve_precision(precision)
+    if precision == "bf16" and not bf16_supported():
+        raise ValueError("precision='bf16' requested but this CPU has no native bf16 support (use 'fp32' or 'auto')")
+    module = fold_bn(model)
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    if precision == "bf16":
+        module = module.to(torch.bfloat16)
+    if compile:
+        # freezing turns parameters into constants so inductor can pre-pack conv weights for oneDNN and
+        # fold the bias/ReLU epilogues; it requires inference (no grad), which forward() guarantees.
+        module = torch.compile(module, options={"freezing": True})
+    return InferenceModel(module, precision, channels_last, compile).eval()

@@ -1,0 +1,91 @@
+"""Real images that ship with installed packages, for calibration and accuracy checks without a network.
+
+- Fashion-MNIST's IDX files from Debian's ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``);
+- photographs bundled with scikit-image (``skimage.data``) and scikit-learn (``load_sample_images``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+FASHION_MNIST_DIR = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+# skimage.data's colour photographs (its other images are grayscale, binary or synthetic).
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry", "rocket", "retina")
+IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """An IDX file (the MNIST format; gzipped or not) as a numpy array."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code not in IDX_DTYPES:
+        raise ValueError(f"{path}: not an IDX file")
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    return np.frombuffer(data, dtype=IDX_DTYPES[dtype_code], offset=4 + 4 * ndim).reshape(shape)
+
+
+def fashion_mnist(split: str = "test", root: str | os.PathLike = FASHION_MNIST_DIR) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 N×28×28, labels int64 N) of the ``train`` or ``test`` split."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
+    prefix = "train" if split == "train" else "t10k"
+    root = Path(root)
+    images = root / f"{prefix}-images-idx3-ubyte.gz"
+    if not images.is_file():
+        raise FileNotFoundError(f"{images}: no such file (apt-get install dataset-fashion-mnist)")
+    labels = read_idx(root / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64)
+    return read_idx(images), labels
+
+
+def photos() -> list[np.ndarray]:
+    """The colour photographs bundled with scikit-image and scikit-learn, as H×W×3 uint8 arrays."""
+    from skimage import data  # noqa: PLC0415 - optional (dev extra)
+    from sklearn.datasets import load_sample_images  # noqa: PLC0415
+
+    out = [getattr(data, name)() for name in SKIMAGE_PHOTOS]
+    out += list(load_sample_images().images)
+    return [np.ascontiguousarray(p[..., :3]).astype(np.uint8) for p in out]
+
+
+def photo_crops(n: int, size: int = 224, seed: int = 0) -> list[Image.Image]:
+    """``n`` random square crops (25–100% of the shorter side, random flips) of the bundled photos.
+
+    A few hundred distinct views of ~10 real photographs: enough to calibrate activation ranges, which
+    depend on natural-image statistics, not on the class mix.
+    """
+    rng = np.random.default_rng(seed)
+    base = photos()
+    crops = []
+    for i in range(n):
+        img = base[i % len(base)]
+        h, w = img.shape[:2]
+        side = int(min(h, w) * rng.uniform(0.25, 1.0))
+        y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        crop = Image.fromarray(img[y : y + side, x : x + side]).resize((size, size), Image.BILINEAR)
+        crops.append(crop.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else crop)
+    return crops
+
+
+def write_images(images, out_dir: str | os.PathLike, prefix: str = "img") -> list[Path]:
+    """Save PIL images or uint8 arrays as PNGs (a calibration directory for ``export --calibration``)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, im in enumerate(images):
+        im = im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im))
+        path = out_dir / f"{prefix}_{i:05d}.png"
+        im.save(path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,105 @@
+"""BN folding and the one-call inference path: outputs equal the unfused model to ≤ 1e-5."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from deploy_helpers import calibrated_model
+from mobilenet_v1.deploy import fold_bn, optimize_for_inference
+from mobilenet_v1.deploy.fold import count_batchnorms
+from mobilenet_v1.deploy.inference import resolve_precision
+from mobilenet_v1.layers import Conv2dSame
+
+CONFIGS = [
+    {},
+    {"padding": "tf_same", "activation": "relu6", "bn_eps": 1e-3},
+    {"width_multiplier": 0.5, "variant": "shallow", "resolution": 96},
+    {"variant": "full_conv", "resolution": 32},
+    {"output_stride": 8},
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_folding_is_exact_in_float64(config):
+    """The algebra: in float64 the folded network equals the unfused one to rounding (~1e-14)."""
+    model = calibrated_model(**config).double()
+    x = torch.randn(3, 3, model.config.resolution, model.config.resolution, dtype=torch.float64)
+    with torch.no_grad():
+        want = model(x)
+        got = fold_bn(model)(x)
+    assert want.abs().max() > 0.5  # logits of order 1: the tolerance is not vacuous
+    assert (got - want).abs().max().item() <= 1e-10
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_folding_adds_no_error_beyond_float32_rounding(config):
+    """In float32, folded and unfused runs are both within fp32 rounding of the float64 truth.
+
+    These random networks re-normalise every layer (BN statistics from a real pass), which amplifies
+    rounding: the *unfused* fp32 model itself is ~1e-5–1e-4 from float64 here. Folding must not be worse.
+    The issue's absolute 1e-5 is checked on a trained model (test_deploy_quantize.py).
+    """
+    model = calibrated_model(**config)
+    x = torch.randn(3, 3, model.config.resolution, model.config.resolution)
+    with torch.no_grad():
+        truth = model.double()(x.double())
+        model.float()
+        unfused_err = (model(x).double() - truth).abs().max().item()
+        folded_err = (fold_bn(model)(x).double() - truth).abs().max().item()
+    assert folded_err <= 2 * unfused_err + 1e-6
+
+
+def test_fold_removes_every_bn_keeps_names_and_leaves_the_original_alone():
+    model = calibrated_model(padding="tf_same")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = fold_bn(model)
+    assert count_batchnorms(model) == 27 and count_batchnorms(folded) == 0
+    convs = {n: m for n, m in folded.named_modules() if isinstance(m, nn.Conv2d)}
+    assert len(convs) == 27 and all(m.bias is not None for m in convs.values())
+    assert isinstance(folded.features.Conv2d_0.conv, Conv2dSame)  # TF 'SAME' padding survives folding
+    assert "features.Conv2d_13_pointwise.conv" in convs
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_folded_backbone_matches():
+    model = calibrated_model(features_only=True, output_stride=16).double()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        for want, got in zip(model(x), fold_bn(model)(x)):
+            assert (got - want).abs().max().item() <= 1e-10
+
+
+def test_inference_path_fp32_matches_and_returns_fp32():
+    model = calibrated_model()
+    fast = optimize_for_inference(model)
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        truth = model.double()(x.double())
+        model.float()
+        unfused_err = (model(x).double() - truth).abs().max().item()
+    got = fast(x)
+    assert got.dtype == torch.float32 and got.shape == truth.shape
+    assert (got.double() - truth).abs().max().item() <= 2 * unfused_err + 1e-6
+    assert fast.precision == "fp32" and fast.channels_last
+    conv = fast.module.features.Conv2d_1_pointwise.conv
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and conv.bias is not None
+
+
+def test_precision_validation():
+    assert resolve_precision("fp32") == "fp32"
+    assert resolve_precision("auto") in ("fp32", "bf16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("fp16")
+
+
+@pytest.mark.slow
+def test_compiled_inference_path_matches():
+    model = calibrated_model(resolution=32)
+    fast = optimize_for_inference(model, compile=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = model(x)
+    assert fast.compiled
+    assert (fast(x) - want).abs().max().item() <= 1e-4  # inductor may reorder float sums
