@@ -1,0 +1,112 @@
+"""``--grid``: latency of the paper's 16 α × resolution models against their exact Mult-Adds.
+
+The paper uses Mult-Adds as its proxy for latency (Section 3). On a CPU, depthwise convolutions are
+memory-bound and tiny layers are overhead-bound, so the proxy may bend; the Pearson correlation and
+the plot say by how much. One worker per backend holds all 16 models, timed round-robin.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..checkpoint import atomic_path
+from ..cost import cost_of
+from ..registry import list_models, model_config
+from .backends import BACKENDS, Job, check_backends, missing_module
+from .results import Grid, GridPoint
+from .worker import interleave, start_worker, summarize
+
+PAPER_16 = [n for n in list_models() if "full_conv" not in n and "shallow" not in n]
+
+
+def run_grid(
+    backends: list[str], batch: int = 1, threads: int = 2, rounds: int = 4, iters: int = 8,
+    plot: str | os.PathLike | None = None, skipped: dict | None = None,
+) -> Grid:  # fmt: skip
+    check_backends(backends)
+    configs = {name: model_config(name) for name in PAPER_16}
+    points: list[GridPoint] = []
+    skipped = skipped if skipped is not None else {}
+    with tempfile.TemporaryDirectory(prefix="mnv1-grid-") as work:
+        for backend in backends:
+            if missing_module(backend):
+                skipped[f"grid:{backend}"] = f"{missing_module(backend)} is not installed"
+                continue
+            jobs = [Job(backend, c.to_dict(), None, _files(backend, n, c, Path(work))) for n, c in configs.items()]
+            worker, error = start_worker(backend, jobs, [batch], threads)
+            if worker is None:
+                skipped[f"grid:{backend}"] = error
+                continue
+            try:
+                for j, (name, config) in enumerate(configs.items()):
+                    median, _, _ = summarize(interleave([worker], j, batch, rounds, iters)[backend])
+                    points.append(GridPoint(name, config.width_multiplier, config.resolution,
+                                            cost_of(config).mult_adds, backend, median))  # fmt: skip
+            finally:
+                worker.stop()
+    correlation = {}
+    for backend in {p.backend for p in points}:
+        mine = [p for p in points if p.backend == backend]
+        correlation[backend] = float(np.corrcoef([p.mult_adds for p in mine], [p.median_ms for p in mine])[0, 1])
+    grid = Grid(batch, points, correlation)
+    if plot and points:
+        grid.plot = str(plot_grid(grid, plot))
+    return grid
+
+
+def _files(backend: str, name: str, config, work: Path) -> dict[str, str]:
+    """ONNX exports for one grid model (only for the ONNX-based backends of ours)."""
+    needs = set(BACKENDS[backend].needs)
+    if not needs:
+        return {}
+    if needs - {"onnx", "int8"}:
+        raise ValueError(f"--grid runs our models only; {backend} is a peer")
+    from ..deploy.onnx_export import export_onnx  # noqa: PLC0415
+    from ..model import MobileNetV1  # noqa: PLC0415
+
+    fp32 = work / f"{name}.onnx"
+    if not fp32.exists():
+        export_onnx(MobileNetV1(config=config).eval(), fp32)
+    files = {"onnx": str(fp32)}
+    if "int8" in needs:
+        from ..checkpoint import Preprocessing  # noqa: PLC0415
+        from ..deploy.calibration import calibration_reader  # noqa: PLC0415
+        from ..deploy.quantize import quantize_onnx  # noqa: PLC0415
+        from ..deploy.samples import photo_crops  # noqa: PLC0415
+
+        int8 = work / f"{name}.int8.onnx"
+        if not int8.exists():
+            pre = Preprocessing(input_size=config.resolution)
+            quantize_onnx(fp32, int8, calibration_reader(photo_crops(64, config.resolution), pre))
+        files["int8"] = str(int8)
+    return files
+
+
+def plot_grid(grid: Grid, path: str | os.PathLike) -> Path:
+    """Latency against Mult-Adds, one marker series per backend, each point labelled α/resolution."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")  # files only; no display on a server
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for backend in sorted({p.backend for p in grid.points}):
+        mine = [p for p in grid.points if p.backend == backend]
+        r = grid.correlation.get(backend, float("nan"))
+        ax.scatter([p.mult_adds / 1e6 for p in mine], [p.median_ms for p in mine], label=f"{backend} (r = {r:.3f})")
+        for p in mine:
+            ax.annotate(f"{p.width_multiplier:g}/{p.resolution}", (p.mult_adds / 1e6, p.median_ms), fontsize=6)
+    ax.set_xlabel("Mult-Adds (millions, exact)")
+    ax.set_ylabel(f"median latency, batch {grid.batch} (ms)")
+    ax.set_title("MobileNet-V1: the paper's 16 models — latency vs Mult-Adds")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path

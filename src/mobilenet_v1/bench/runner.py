@@ -1,0 +1,179 @@
+"""``run_bench``: prepare exports, measure the GEMM peaks, time every backend interleaved, return a report.
+
+from mobilenet_v1.bench import BenchOptions, run_bench
+report = run_bench(BenchOptions(backends=["eager", "inference", "ort-int8"], batches=[1, 32]))
+print(report.to_json())
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..cost import cost_of
+from ..model import ModelConfig
+from .backends import BACKENDS, DEFAULT_BACKENDS, Job, check_backends, missing_module
+from .peak import measure_peaks
+from .results import BenchReport, Timing
+from .worker import interleave, start_worker, summarize
+
+VERSIONED = ("torch", "torchvision", "onnx", "onnxruntime", "openvino", "timm", "keras", "numpy")
+
+
+@dataclass
+class BenchOptions:
+    width_multiplier: float = 1.0
+    resolution: int = 224
+    num_classes: int = 1000
+    model_dir: str | None = None  # a trained/converted model; its config overrides α and resolution
+    batches: list[int] = field(default_factory=lambda: [1, 32])
+    backends: list[str] = field(default_factory=lambda: list(DEFAULT_BACKENDS))
+    threads: int = 2
+    rounds: int = 6
+    iters: int = 5  # per round: rounds × iters ≥ 30 timed iterations per configuration
+    calibration: str | None = None  # image directory; default: crops of the photos bundled with skimage/sklearn
+    calibration_images: int = 300
+    profile: bool = False
+    grid: bool = False  # also time the paper's 16 models (grid.py)
+    grid_backends: list[str] = field(default_factory=lambda: ["inference"])
+    plot: str | None = None  # PNG of the grid
+    command: str = ""
+
+
+def environment(threads: int, command: str = "") -> dict:
+    versions = {}
+    for pkg in VERSIONED:
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = None
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import torch  # noqa: PLC0415
+
+    return {
+        "versions": versions,
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": threads,
+        "python": platform.python_version(),
+        "command": command,
+    }
+
+
+def config_for(options: BenchOptions) -> ModelConfig:
+    if options.model_dir:
+        from ..checkpoint import read_config  # noqa: PLC0415
+
+        return read_config(options.model_dir).model
+    return ModelConfig(options.width_multiplier, options.resolution, num_classes=options.num_classes)
+
+
+def prepare_files(needs: set[str], config: ModelConfig, options: BenchOptions, work: Path) -> dict[str, str]:
+    """Export the ONNX files the chosen backends need (ours and timm's; fp32 and int8) into ``work``."""
+    from ..deploy.calibration import calibration_reader  # noqa: PLC0415
+    from ..deploy.onnx_export import export_onnx  # noqa: PLC0415
+    from ..deploy.quantize import quantize_onnx  # noqa: PLC0415
+    from .backends import _our_model, _timm_model  # noqa: PLC0415
+
+    files: dict[str, str] = {}
+    job = Job("", config.to_dict(), options.model_dir)
+    if needs & {"onnx", "int8"}:
+        model = _our_model(job)
+        export_onnx(model, work / "ours.onnx")
+        files["onnx"] = str(work / "ours.onnx")
+    if needs & {"timm_onnx", "timm_int8"}:
+        from .peers import export_timm_onnx  # noqa: PLC0415
+
+        export_timm_onnx(_timm_model(job), work / "timm.onnx")
+        files["timm_onnx"] = str(work / "timm.onnx")
+    for fp32, int8 in (("onnx", "int8"), ("timm_onnx", "timm_int8")):
+        if int8 in needs:
+            reader = calibration_reader(calibration_images(options, config), _preprocessing(job), "input",
+                                        limit=options.calibration_images)  # fmt: skip
+            quantize_onnx(files[fp32], work / f"{int8}.onnx", reader, per_channel=True)
+            files[int8] = str(work / f"{int8}.onnx")
+    return files
+
+
+def _preprocessing(job: Job):
+    from ..checkpoint import Preprocessing, read_config  # noqa: PLC0415
+
+    if job.model_dir:
+        return read_config(job.model_dir).preprocessing
+    return Preprocessing(input_size=job.config["resolution"])
+
+
+def calibration_images(options: BenchOptions, config: ModelConfig):
+    if options.calibration:
+        return options.calibration
+    from ..deploy.samples import photo_crops  # noqa: PLC0415
+
+    return photo_crops(options.calibration_images, config.resolution)
+
+
+def run_bench(options: BenchOptions) -> BenchReport:
+    check_backends(options.backends)
+    if any(b < 1 for b in options.batches) or options.threads < 1 or options.rounds < 1 or options.iters < 1:
+        raise ValueError("batch sizes, threads, rounds and iters must all be >= 1")
+    config = config_for(options)
+    mult_adds = cost_of(config).mult_adds
+    load_before = os.getloadavg()
+    skipped: dict[str, str] = {}
+    backends = []
+    for name in options.backends:
+        missing = missing_module(name)
+        if missing:
+            skipped[name] = f"{missing} is not installed"
+        else:
+            backends.append(name)
+    peaks = measure_peaks(options.threads)
+    peak_of = {p.precision: p.gflops for p in peaks}
+    timings: list[Timing] = []
+    with tempfile.TemporaryDirectory(prefix="mnv1-bench-") as work:
+        needs = {n for b in backends for n in BACKENDS[b].needs}
+        files = prepare_files(needs, config, options, Path(work)) if needs else {}
+        workers = []
+        try:
+            for name in backends:
+                job = Job(name, config.to_dict(), options.model_dir, files)
+                worker, error = start_worker(name, [job], options.batches, options.threads)
+                if worker is None:
+                    skipped[name] = error
+                else:
+                    workers.append(worker)
+            for batch in options.batches:
+                rounds = interleave(workers, 0, batch, options.rounds, options.iters)
+                for w in workers:
+                    median, p90, spread = summarize(rounds[w.name])
+                    precision = BACKENDS[w.name].precision
+                    gflops = 2 * mult_adds * batch / (median / 1e3) / 1e9
+                    share = gflops / peak_of[precision] if precision in peak_of else None
+                    timings.append(Timing(w.name, precision, batch, median, p90, spread, batch / (median / 1e3),
+                                          gflops, share, options.rounds, options.iters))  # fmt: skip
+        finally:
+            for w in workers:
+                w.stop()
+    profile = None
+    if options.profile:
+        from .profile import profile_layer_types  # noqa: PLC0415
+
+        profile = profile_layer_types(config, options.model_dir, batch=options.batches[0], threads=options.threads)
+    grid = None
+    if options.grid:
+        from .grid import run_grid  # noqa: PLC0415
+
+        grid = run_grid(options.grid_backends, batch=options.batches[0], threads=options.threads,
+                        plot=options.plot, skipped=skipped)  # fmt: skip
+    return BenchReport(
+        config.to_dict(), mult_adds, options.threads, environment(options.threads, options.command),
+        load_before, os.getloadavg(), peaks, timings, skipped, profile, grid,
+    )  # fmt: skip

@@ -1,0 +1,104 @@
+"""One process per configuration, timed in interleaved rounds (BENCHMARKING.md).
+
+Each worker builds its backend(s) and warms up while the others sit idle, then waits. The parent asks
+the workers for one round at a time, alternating A B C … then … C B A, so slow drifts in machine load
+(other jobs on a shared host) hit every configuration alike and the ratios between them hold.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+import traceback
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backends import Job, build
+
+WARMUP_ITERS = 3
+
+
+def _serve(conn, jobs: list[Job], batches: list[int], threads: int) -> None:
+    """Worker main loop: build every (job, batch) runner, warm each up, then answer timing requests."""
+    try:
+        runners = {}
+        for j, job in enumerate(jobs):
+            for batch in batches:
+                run = build(job, batch, threads)
+                for _ in range(WARMUP_ITERS):  # includes torch.compile's compilation and oneDNN's first packing
+                    run()
+                runners[j, batch] = run
+        conn.send(("ready", None))
+    except Exception as e:  # reported to the parent, which lists the backend as skipped with the reason
+        conn.send(("error", f"{type(e).__name__}: {e}".splitlines()[0] or traceback.format_exc(limit=1)))
+        return
+    while True:
+        msg = conn.recv()
+        if msg[0] == "stop":
+            return
+        _, j, batch, iters = msg
+        run, times = runners[j, batch], []
+        for _ in range(iters):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        conn.send(("times", times))
+
+
+@dataclass
+class Worker:
+    name: str
+    process: mp.Process
+    conn: object
+
+    def round(self, job: int, batch: int, iters: int) -> list[float]:
+        self.conn.send(("round", job, batch, iters))
+        kind, payload = self.conn.recv()
+        return payload
+
+    def stop(self) -> None:
+        try:
+            self.conn.send(("stop",))
+        except (BrokenPipeError, OSError):
+            pass
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+def start_worker(name: str, jobs: list[Job], batches: list[int], threads: int) -> tuple[Worker | None, str | None]:
+    """Start and warm up one worker; blocks until it is ready so builds never overlap with timing."""
+    ctx = mp.get_context("spawn")  # a fresh interpreter: no state (threads, compiled kernels) shared with us
+    parent, child = ctx.Pipe()
+    process = ctx.Process(target=_serve, args=(child, jobs, batches, threads), daemon=True)
+    process.start()
+    child.close()
+    try:
+        kind, payload = parent.recv()
+    except EOFError:
+        kind, payload = "error", f"worker exited with code {process.exitcode} while building"
+    worker = Worker(name, process, parent)
+    if kind == "error":
+        worker.stop()
+        return None, payload
+    return worker, None
+
+
+def interleave(
+    workers: list[Worker], job_index: int, batch: int, rounds: int, iters: int
+) -> dict[str, list[list[float]]]:
+    """``rounds`` rounds of ``iters`` iterations per worker, in alternating order; seconds per iteration."""
+    times: dict[str, list[list[float]]] = {w.name: [] for w in workers}
+    for r in range(rounds):
+        order = workers if r % 2 == 0 else workers[::-1]
+        for w in order:
+            times[w.name].append(w.round(job_index, batch, iters))
+    return times
+
+
+def summarize(rounds: list[list[float]]) -> tuple[float, float, tuple[float, float]]:
+    """(median of round medians, p90 of all iterations, (min, max) of round medians), all in ms."""
+    medians = [float(np.median(r)) * 1e3 for r in rounds]
+    every = np.concatenate([np.asarray(r) for r in rounds]) * 1e3
+    return float(np.median(medians)), float(np.percentile(every, 90)), (min(medians), max(medians))
