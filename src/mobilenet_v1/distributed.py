@@ -76,3 +76,18 @@ def broadcast_object(info: DistInfo, obj):
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+@torch.no_grad()
+def average_buffers(info: DistInfo, model: torch.nn.Module) -> None:
+    """Average BN running statistics over ranks (as timm's ``distribute_bn``).
+
+    Each rank's statistics come from its own samples; without this, ranks would evaluate (and rank 0
+    would save) a model whose BN statistics saw only 1/world of the data.
+    """
+    if not info.enabled:
+        return
+    for buf in model.buffers():
+        if buf.dtype.is_floating_point:
+            dist.all_reduce(buf)
+            buf.div_(info.world)

@@ -22,7 +22,7 @@ from torch import nn
 from . import data as data_mod
 from . import rundir
 from .checkpoint import WEIGHTS_NAME, Pretrained, read_config, save_weights, write_json
-from .distributed import DistInfo, all_gather_objects, all_sum, barrier, setup, teardown
+from .distributed import DistInfo, all_gather_objects, all_sum, average_buffers, barrier, setup, teardown
 from .evaluate import Metrics, autocast, evaluate, resolve_precision
 from .model import MobileNetV1, ModelConfig
 from .preprocess import default_preprocessing, train_transform
@@ -172,14 +172,14 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainResult:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     total_steps = steps_per_epoch * cfg.epochs
     start_epoch, step, best, history = 0, 0, -1.0, []
-    if resume:
-        state = rundir.load_state(run_dir)
+    state = rundir.load_state(run_dir) if resume and (run_dir / rundir.STATE_NAME).exists() else None
+    if state:  # else: killed before the first checkpoint, so start over
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if ema:
             ema.state, ema.updates = state["ema"], state["ema_updates"]
         start_epoch, step, best = state["epoch"], state["step"], state["best_top1"]
-        history = rundir.read_metrics(run_dir)[:start_epoch]
+        history = state["history"]
     net: nn.Module = model
     if cfg.sync_bn and info.enabled:
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
@@ -239,6 +239,9 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainResult:
             bar.close()
         seconds = time.perf_counter() - t0
         loss_sum, correct, seen, skipped = all_sum(info, sums)
+        average_buffers(info, model)
+        if ema:  # the EMA copied each rank's own statistics; take the averaged ones
+            ema.state.update({k: v.detach().float().clone() for k, v in model.state_dict().items() if "running_" in k})
         eval_model.load_state_dict(ema.state if ema else model.state_dict())
         final = evaluate(eval_model, val_loader, names, info, precision, cfg.channels_last)
         row = {
@@ -303,15 +306,16 @@ def _accumulate(net, criterion, x, y, accum: int, info: DistInfo, precision: str
 
 
 def _save_epoch(run_dir, cfg, eval_model, info_out, model, optimizer, ema, epoch, step, best, metrics, history):
-    """Weights first, then the state that points at them: a kill between the two loses at most this epoch."""
+    """Weights first, then the state that points at them, then what is derived from the state.
+
+    A kill at any point leaves the previous epoch's complete checkpoint or this one's.
+    """
     save_weights(eval_model.state_dict(), run_dir / rundir.LAST_NAME)
     if metrics.top1 > best:
         best = metrics.top1
         save_weights(eval_model.state_dict(), run_dir / WEIGHTS_NAME)
         info_out.source = {**info_out.source, "epoch": epoch + 1, "val_top1": metrics.top1}
         _write_config(run_dir, info_out, cfg)
-    rundir.write_metrics(run_dir, history)
-    rundir.plot_curves(run_dir, history)
     state = {
         "epoch": epoch + 1,
         "step": step,
@@ -321,8 +325,11 @@ def _save_epoch(run_dir, cfg, eval_model, info_out, model, optimizer, ema, epoch
         "ema": ema.state if ema else {},
         "ema_updates": ema.updates if ema else 0,
         "rng": torch.get_rng_state(),
+        "history": history,
     }
     rundir.save_state(run_dir, state)
+    rundir.write_metrics(run_dir, history)  # derived from the state, so a kill here loses nothing
+    rundir.plot_curves(run_dir, history)
     return best
 
 
