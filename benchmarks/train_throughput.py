@@ -1,0 +1,143 @@
+"""Training images/s at batch 32: our MobileNet against timm's ``mobilenetv1_100``, one interleaved run.
+
+    python benchmarks/train_throughput.py --out benchmarks/results/train_throughput
+
+Each configuration runs in its own process with 2 threads (BENCHMARKING.md); rounds alternate the order
+(A B C …, then … C B A). A step is forward + cross-entropy + backward + SGD(momentum) step on a fixed
+random batch, timed after warm-up (which includes torch.compile's compilation). Reported: median of the
+round medians, the spread (min–max of round medians), and images/s = batch / median step time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+CONFIGS = {
+    # name: (implementation, channels_last, bf16, compile)
+    "timm-fp32": ("timm", False, False, False),
+    "timm-cl": ("timm", True, False, False),
+    "timm-bf16-cl": ("timm", True, True, False),
+    "ours-bf16-cl": ("ours", True, True, False),
+    "ours-compile-cl": ("ours", True, False, True),
+    "ours-compile-bf16-cl": ("ours", True, True, True),
+}
+
+
+def worker(name: str, size: int, batch: int, iters: int, warmup: int) -> dict:
+    import torch
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    impl, channels_last, bf16, compiled = CONFIGS[name]
+    if impl == "timm":
+        import timm
+
+        model = timm.create_model("mobilenetv1_100", num_classes=1000)
+    else:
+        from mobilenet_v1 import create_model
+
+        model = create_model("mobilenet_v1_100_224")
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format).train()
+    step_model = torch.compile(model) if compiled else model
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=memory_format)
+    y = torch.randint(0, 1000, (batch,))
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.cross_entropy(step_model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return {"name": name, "size": size, "times": times}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--sizes", type=int, nargs="+", default=[224, 128])
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS))
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--out", default="benchmarks/results/train_throughput")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.size, args.batch, args.iters, args.warmup)))
+        return
+    import timm
+    import torch
+
+    load_before = os.getloadavg()
+    rounds: dict[tuple[str, int], list[float]] = {}
+    for r in range(args.rounds):
+        order = [(c, s) for s in args.sizes for c in args.configs]
+        for name, size in order if r % 2 == 0 else order[::-1]:
+            cmd = [sys.executable, __file__, "--worker", name, "--size", str(size), "--batch", str(args.batch),
+                   "--iters", str(args.iters), "--warmup", str(args.warmup)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            times = json.loads(out)["times"]
+            rounds.setdefault((name, size), []).append(statistics.median(times))
+            print(f"round {r + 1} {name} @{size}: {args.batch / statistics.median(times):.1f} img/s", flush=True)
+    rows = []
+    for (name, size), meds in rounds.items():
+        med = statistics.median(meds)
+        rows.append({"config": name, "size": size, "median_step_s": med, "images_per_s": args.batch / med,
+                     "spread_images_per_s": [args.batch / max(meds), args.batch / min(meds)]})
+    result = {
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "machine": platform.processor() or platform.machine(), "cpu": _cpu_model(), "threads": 2,
+        "torch": torch.__version__, "timm": timm.__version__, "batch": args.batch, "rounds": args.rounds,
+        "iters_per_round": args.iters, "load_before": load_before, "load_after": os.getloadavg(), "rows": rows,
+    }
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out + ".json", "w") as f:
+        json.dump(result, f, indent=2)
+    with open(args.out + ".md", "w") as f:
+        f.write(markdown(result))
+    print(markdown(result))
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
+def markdown(result: dict) -> str:
+    lines = [f"`{result['command']}` — {result['cpu']}, {result['threads']} threads, torch {result['torch']}, "
+             f"timm {result['timm']}, batch {result['batch']}, {result['rounds']} rounds × {result['iters_per_round']} "
+             f"steps, load {result['load_before'][0]:.2f} → {result['load_after'][0]:.2f}", "",
+             "| size | config | img/s (median) | spread | × timm best eager |", "|---:|---|---:|---|---:|"]
+    for size in sorted({r["size"] for r in result["rows"]}, reverse=True):
+        rows = [r for r in result["rows"] if r["size"] == size]
+        timm_best = max((r["images_per_s"] for r in rows if r["config"].startswith("timm")), default=float("nan"))
+        for r in rows:
+            lo, hi = r["spread_images_per_s"]
+            lines.append(f"| {size} | {r['config']} | {r['images_per_s']:.1f} | {lo:.1f}–{hi:.1f} | "
+                         f"{r['images_per_s'] / timm_best:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
