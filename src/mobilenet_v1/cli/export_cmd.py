@@ -20,6 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="one weight scale per tensor instead of per channel (shows MobileNet's int8 collapse)",
     )
+    p.add_argument("--no-bias-correction", action="store_true",
+                   help="skip bias correction for int8 weight rounding (Nagel et al. 2019; on by default)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
     p.add_argument("--json", action="store_true", help="print the export report as one JSON object")
 
@@ -43,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
         from ..deploy.quantize import export_int8  # noqa: PLC0415
 
         report = export_int8(model, args.output, args.calibration, per_channel=not args.per_tensor,
-                             method=args.calibration_method, limit=args.calibration_images)  # fmt: skip
+                             method=args.calibration_method, limit=args.calibration_images,
+                             bias_correction=not args.no_bias_correction)  # fmt: skip
         summary = (f"wrote {report.path}: int8 QDQ ({'per-channel' if report.per_channel else 'per-tensor'} "
                    f"weights, {report.method} calibration on {report.calibration_images} images), "
                    f"{report.size_bytes / 1e6:.2f} MB (fp32 {report.fp32_size_bytes / 1e6:.2f} MB); "

@@ -1,7 +1,8 @@
 """Real images that ship with installed packages, for calibration and accuracy checks without a network.
 
 - Fashion-MNIST's IDX files from Debian's ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``);
-- photographs bundled with scikit-image (``skimage.data``) and scikit-learn (``load_sample_images``).
+- photographs bundled with scikit-image (``skimage.data``), scikit-learn (``load_sample_images``) and
+  matplotlib (``grace_hopper.jpg``).
 """
 
 from __future__ import annotations
@@ -50,13 +51,35 @@ def fashion_mnist(split: str = "test", root: str | os.PathLike = FASHION_MNIST_D
 
 
 def photos() -> list[np.ndarray]:
-    """The colour photographs bundled with scikit-image and scikit-learn, as H×W×3 uint8 arrays."""
+    """The colour photographs bundled with scikit-image, scikit-learn and matplotlib, as H×W×3 uint8 arrays."""
+    import matplotlib.cbook  # noqa: PLC0415
     from skimage import data  # noqa: PLC0415 - optional (dev extra)
     from sklearn.datasets import load_sample_images  # noqa: PLC0415
 
     out = [getattr(data, name)() for name in SKIMAGE_PHOTOS]
     out += list(load_sample_images().images)
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+        out.append(np.asarray(Image.open(f).convert("RGB")))
     return [np.ascontiguousarray(p[..., :3]).astype(np.uint8) for p in out]
+
+
+def photo_views(size: int = 256) -> list[Image.Image]:
+    """A fixed evaluation set: 10 deterministic views of each bundled photo (whole, centre crops at 87.5% and
+    75%, the four 80% corner crops, and mirror images of the first three) — 100 object-centred images,
+    disjoint from the random crops :func:`photo_crops` calibrates on."""
+    views = []
+    for arr in photos():
+        im = Image.fromarray(arr)
+        w, h = im.size
+        boxes = []
+        for frac in (1.0, 0.875, 0.75):
+            cw, ch = int(w * frac), int(h * frac)
+            boxes.append(((w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch))
+        cw, ch = int(w * 0.8), int(h * 0.8)
+        boxes += [(0, 0, cw, ch), (w - cw, 0, w, ch), (0, h - ch, cw, h), (w - cw, h - ch, w, h)]
+        crops = [im.crop(b).resize((size, size), Image.BILINEAR) for b in boxes]
+        views += crops + [c.transpose(Image.FLIP_LEFT_RIGHT) for c in crops[:3]]
+    return views
 
 
 def photo_crops(n: int, size: int = 224, seed: int = 0) -> list[Image.Image]:

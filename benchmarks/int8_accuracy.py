@@ -1,0 +1,117 @@
+"""int8 accuracy of a saved model: fp32 (PyTorch) vs ONNX Runtime int8 with per-channel and per-tensor weights.
+
+    python benchmarks/int8_accuracy.py runs/fmnist --data fashion-mnist        # labelled: test accuracy
+    python benchmarks/int8_accuracy.py google_mnv1 --data photos               # unlabelled: top-1 agreement
+
+``--data fashion-mnist``: the 10,000 test images (labels); calibration on 300 training images 50000-50299.
+``--data photos``: 100 fixed views of the 10 photographs bundled with scikit-image/scikit-learn/matplotlib;
+calibration on 300 random crops of them (seed 0). ``--data photo-crops``: 500 random crops (seed 1)
+instead. ``--data DIR``: any image directory, calibration on ``--calibration DIR``.
+Prints one JSON object (and writes it with ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mobilenet_v1.checkpoint import atomic_path, from_pretrained
+from mobilenet_v1.deploy import bf16_supported, optimize_for_inference
+from mobilenet_v1.deploy.bias_correction import bias_correct
+from mobilenet_v1.deploy.calibration import batches, calibration_reader, list_images
+from mobilenet_v1.deploy.onnx_export import export_onnx, ort_session
+from mobilenet_v1.deploy.quantize import BIAS_CORRECTION_IMAGES, quantize_onnx
+from mobilenet_v1.deploy.samples import fashion_mnist, photo_crops, photo_views
+
+CONFIDENT = 0.5  # fp32 top-1 probability above which a prediction is not a near-tie
+PHOTOS_DESCRIBED = ("100 views (photo_views: whole, centre and corner crops, mirrors) of the 10 photos bundled "
+                    "with skimage/sklearn/matplotlib; calibration: 300 random crops of them (seed 0)")  # fmt: skip
+
+
+def datasets(kind: str, calibration: str | None):
+    """(evaluation images, labels or None, calibration images, description)."""
+    if kind == "fashion-mnist":
+        test, labels = fashion_mnist("test")
+        train, _ = fashion_mnist("train")
+        calib = [Image.fromarray(a) for a in train[50000:50300]]
+        return [Image.fromarray(a) for a in test], labels, calib, "Fashion-MNIST test (10,000), calibration: 300 train"
+    if kind == "photos":
+        return photo_views(256), None, photo_crops(300, 256, seed=0), PHOTOS_DESCRIBED
+    if kind == "photo-crops":  # harder: random 25-100% crops, many of them textures with no clear object
+        return photo_crops(500, 256, seed=1), None, photo_crops(300, 256, seed=0), "500 random crops (seed 1)"
+    if not calibration:
+        raise SystemExit("--data DIR needs --calibration DIR")
+    return list_images(kind), None, list_images(calibration), f"{kind} (calibration: {calibration})"
+
+
+def logits_torch(model, images, pre) -> np.ndarray:
+    with torch.inference_mode():
+        return np.concatenate([model(torch.from_numpy(b)).numpy() for b in batches(images, pre, 64)])
+
+
+def logits_onnx(path, images, pre) -> np.ndarray:
+    session = ort_session(path)
+    return np.concatenate([session.run(None, {"input": b})[0] for b in batches(images, pre, 64)])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model_dir")
+    p.add_argument("--data", default="photos", help="fashion-mnist, photos, photo-crops, or an image directory")
+    p.add_argument("--calibration", help="image directory for calibration (with --data DIR)")
+    p.add_argument("--method", default="minmax", help="calibration method: minmax, entropy, percentile")
+    p.add_argument("--out", help="write the JSON result here too")
+    args = p.parse_args(argv)
+    model = from_pretrained(args.model_dir)
+    pre = model.pretrained.preprocessing
+    offset = model.pretrained.label_offset  # Google's 1001-class head: logit 0 is "background"
+    images, labels, calib, described = datasets(args.data, args.calibration)
+    ref = logits_torch(model, images, pre)[:, offset:]
+    result = {"model_dir": args.model_dir, "data": described, "images": len(images), "method": args.method,
+              "calibration_images": len(calib), "variants": {}}  # fmt: skip
+    with tempfile.TemporaryDirectory() as work:
+        variants = {"fp32 (PyTorch)": ref}
+        if bf16_supported():  # a reference for how near-tied this set is: bf16 rounding alone flips some
+            fast = optimize_for_inference(model, precision="bf16")
+            variants["bf16 (PyTorch inference path)"] = logits_torch(fast, images, pre)[:, offset:]
+        corrected = bias_correct(model, np.concatenate(list(batches(calib[:BIAS_CORRECTION_IMAGES], pre))))
+        for name, source, per_channel in (("int8 per-channel + bias correction", corrected, True),
+                                          ("int8 per-channel", model, True), ("int8 per-tensor", model, False)):
+            start = time.perf_counter()
+            fp32, path = Path(work) / f"{len(variants)}.onnx", Path(work) / f"{len(variants)}.int8.onnx"
+            export_onnx(source, fp32)
+            quantize_onnx(fp32, path, calibration_reader(calib, pre, limit=None), per_channel, args.method)
+            variants[name] = logits_onnx(path, images, pre)[:, offset:]
+            result.setdefault("quantize_seconds", {})[name] = round(time.perf_counter() - start, 1)
+    top1 = ref.argmax(1)
+    top5 = np.argsort(-ref, 1)[:, :5]
+    exp = np.exp(ref - ref.max(1, keepdims=True))
+    confident = (exp / exp.sum(1, keepdims=True)).max(1) >= CONFIDENT
+    result["fp32_confident_images"] = int(confident.sum())
+    for name, out in variants.items():
+        pred, own5 = out.argmax(1), np.argsort(-out, 1)[:, :5]
+        row = {"top1_agreement_with_fp32": 100.0 * float((pred == top1).mean()),
+               "fp32_top1_in_top5": 100.0 * float(np.mean([t in r for t, r in zip(top1, own5)])),
+               "fp32_top5_contains_top1": 100.0 * float(np.mean([p in r for p, r in zip(pred, top5)])),
+               f"top1_agreement_fp32_p>={CONFIDENT}": 100.0 * float((pred == top1)[confident].mean())}  # fmt: skip
+        if labels is not None:
+            row["accuracy"] = 100.0 * float((pred == labels).mean())
+        result["variants"][name] = row
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
