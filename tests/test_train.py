@@ -11,7 +11,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mobilenet_v1 import from_pretrained
 from mobilenet_v1.cli import main
 from mobilenet_v1.rundir import read_metrics
 
@@ -44,8 +43,6 @@ def test_smoke_fashion_mnist_learns(tmp_path, capsys):
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["final"]["top1"] >= 60.0, result["final"]["top1"]
-    untrained = from_pretrained(out)
-    untrained.reset_parameters()
     assert {p.name for p in out.iterdir()} >= {
         "config.json",
         "model.safetensors",
@@ -55,10 +52,10 @@ def test_smoke_fashion_mnist_learns(tmp_path, capsys):
         "curves.png",
     }
     rows = read_metrics(out)
-    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["class_names"][0] == "T-shirt/top" and cfg["preprocessing"]["input_size"] == 32
+    assert cfg["class_names"][0] == "T-shirt/top" and cfg["preprocessing"]["input_size"] == 64
     assert cfg["train"]["recipe"] == "fast"
     # eval of the saved run reproduces the accuracy, and writes a confusion matrix
     assert main(["eval", str(out), "--subset", "1000", "--json"]) == 0
