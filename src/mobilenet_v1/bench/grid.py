@@ -18,7 +18,7 @@ from ..cost import cost_of
 from ..registry import list_models, model_config
 from .backends import BACKENDS, Job, check_backends, missing_module
 from .results import Grid, GridPoint
-from .worker import interleave, start_worker, summarize
+from .worker import start_worker, summarize
 
 PAPER_16 = [n for n in list_models() if "full_conv" not in n and "shallow" not in n]
 
@@ -42,10 +42,14 @@ def run_grid(
                 skipped[f"grid:{backend}"] = error
                 continue
             try:
+                # round-robin over the 16 models, so a change in machine load lands on all of them alike
+                times: dict[int, list[list[float]]] = {j: [] for j in range(len(configs))}
+                for _ in range(rounds):
+                    for j, so_far in times.items():
+                        so_far.append(worker.round(j, batch, iters))
                 for j, (name, config) in enumerate(configs.items()):
-                    median, _, _ = summarize(interleave([worker], j, batch, rounds, iters)[backend])
                     points.append(GridPoint(name, config.width_multiplier, config.resolution,
-                                            cost_of(config).mult_adds, backend, median))  # fmt: skip
+                                            cost_of(config).mult_adds, backend, summarize(times[j])[0]))  # fmt: skip
             finally:
                 worker.stop()
     correlation = {}
@@ -100,6 +104,8 @@ def plot_grid(grid: Grid, path: str | os.PathLike) -> Path:
         ax.scatter([p.mult_adds / 1e6 for p in mine], [p.median_ms for p in mine], label=f"{backend} (r = {r:.3f})")
         for p in mine:
             ax.annotate(f"{p.width_multiplier:g}/{p.resolution}", (p.mult_adds / 1e6, p.median_ms), fontsize=6)
+    ax.set_xscale("log")  # the 16 models span 13.6–569 M Mult-Adds and ~0.2–10 ms: log-log shows a power law
+    ax.set_yscale("log")
     ax.set_xlabel("Mult-Adds (millions, exact)")
     ax.set_ylabel(f"median latency, batch {grid.batch} (ms)")
     ax.set_title("MobileNet-V1: the paper's 16 models — latency vs Mult-Adds")

@@ -8,6 +8,7 @@ Section 3 says 95% of the computation *time* goes to 1×1 convolutions; this mea
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections import defaultdict
 
@@ -53,20 +54,25 @@ def profile_layer_types(
             handles.append(module.register_forward_hook(
                 lambda m, a, o, n=name: spent.__setitem__(n, spent[n] + time.perf_counter() - starts[n])))  # fmt: skip
     x = torch.randn(batch, config.in_chans, config.resolution, config.resolution).to(memory_format=torch.channels_last)
+    per_iter: list[dict[str, float]] = []
+    totals = []
     with torch.inference_mode():
-        for _ in range(3):
+        for i in range(3 + iters):
+            spent.clear()
+            start = time.perf_counter()
             model(x)
-        spent.clear()
-        start = time.perf_counter()
-        for _ in range(iters):
-            model(x)
-        total = (time.perf_counter() - start) / iters
+            if i >= 3:  # after warm-up
+                totals.append(time.perf_counter() - start)
+                per_iter.append(dict(spent))
     for h in handles:
         h.remove()
+    # medians over iterations, not means: on a shared machine one preempted pass would dominate a mean
+    total = statistics.median(totals)
     by_type: dict[str, float] = defaultdict(float)
-    for name, seconds in spent.items():
-        by_type[timed[name]] += seconds / iters
+    for name, label in timed.items():
+        by_type[label] += statistics.median([it.get(name, 0.0) for it in per_iter])
     by_type["other"] = max(total - sum(by_type.values()), 0.0)  # input reorder, flatten, dropout, Python
+    whole = sum(by_type.values())  # shares of the sum of medians, so they add up to 100%
     rows = []
     for label in [*LAYER_TYPES.values(), POOL_LABEL, "other"]:
         if label not in by_type:
@@ -75,5 +81,5 @@ def profile_layer_types(
         share = report.shares.get(label, {}).get("mult_adds")
         macs = macs_of.get(label, 0)
         gflops = 2 * macs * batch / seconds / 1e9 if macs and seconds > 0 else None
-        rows.append(LayerTypeTime(label, seconds * 1e3, 100 * seconds / total, share, gflops))
+        rows.append(LayerTypeTime(label, seconds * 1e3, 100 * seconds / whole, share, gflops))
     return Profile("inference (fp32, eager, hooks)", batch, rows, total * 1e3)
