@@ -134,7 +134,10 @@ def _check_resumable(run_dir: Path, cfg: TrainConfig) -> TrainConfig:
     saved = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text())["train"])
     if saved.model != cfg.model and cfg.model != ModelConfig():
         raise ValueError(f"{run_dir}: was trained with {saved.model}; cannot resume with different model options")
-    return replace(saved, epochs=max(cfg.epochs, saved.epochs), progress=cfg.progress, workers=cfg.workers)
+    # The run continues exactly as configured: the schedule depends on the epoch count, and the
+    # augmentation stream on the number of loader workers (each worker has its own RNG). Only how it
+    # reports may change.
+    return replace(saved, progress=cfg.progress)
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
