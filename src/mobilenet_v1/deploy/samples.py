@@ -7,9 +7,7 @@
 
 from __future__ import annotations
 
-import gzip
 import os
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -21,33 +19,16 @@ FASHION_MNIST_CLASSES = [
 ]  # fmt: skip
 # skimage.data's colour photographs (its other images are grayscale, binary or synthetic).
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry", "rocket", "retina")
-IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """An IDX file (the MNIST format; gzipped or not) as a numpy array."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype_code not in IDX_DTYPES:
-        raise ValueError(f"{path}: not an IDX file")
-    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
-    return np.frombuffer(data, dtype=IDX_DTYPES[dtype_code], offset=4 + 4 * ndim).reshape(shape)
 
 
 def fashion_mnist(split: str = "test", root: str | os.PathLike = FASHION_MNIST_DIR) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 N×28×28, labels int64 N) of the ``train`` or ``test`` split."""
+    """(images uint8 N×28×28, labels int64 N) of the ``train`` or ``test`` split (torchvision's reader)."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
-    prefix = "train" if split == "train" else "t10k"
-    root = Path(root)
-    images = root / f"{prefix}-images-idx3-ubyte.gz"
-    if not images.is_file():
-        raise FileNotFoundError(f"{images}: no such file (apt-get install dataset-fashion-mnist)")
-    labels = read_idx(root / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64)
-    return read_idx(images), labels
+    from ..data import fashion_mnist as dataset  # noqa: PLC0415 - torchvision only when asked
+
+    ds = dataset(root, train=split == "train")
+    return ds.data.numpy(), ds.targets.numpy().astype(np.int64)
 
 
 def photos() -> list[np.ndarray]:
