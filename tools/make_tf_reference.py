@@ -49,7 +49,7 @@ end-to-end test that re-creates the originals from skimage / sklearn.
 
 Keys of the .npz (arrays are NHWC, as in TF; all float arrays float32):
     image_names          (N,) str      skimage.data / sklearn sample image names
-    input                (N,224,224,3) graph input ``input:0``
+    input_u8             (N,224,224,3) uint8 image; graph input ``input:0`` = (input_u8 - 128) / 128
     logits               (N,1001)      ``MobilenetV1/Logits/SpatialSqueeze:0``
     probs                (N,1001)      softmax(logits)  (1001-way, float64 -> float32)
     top5                 (N,5) int64   argsort(-logits)[:5], 1001-class indexing
@@ -59,8 +59,6 @@ Keys of the .npz (arrays are NHWC, as in TF; all float arrays float32):
     head_probs           (N,2)         ``final_result:0`` (softmax of head_logits)
     e2e_logits           (N,1001)      logits for the unrounded float resize input
     act0_conv2d_0        (1,112,112,8) ``MobilenetV1/MobilenetV1/Conv2d_0/Relu6``, image 0, channels 0..7
-    act0_conv2d_1_depthwise  (1,112,112,8)  ``.../Conv2d_1_depthwise/Relu6``, image 0, channels 0..7
-    act0_conv2d_1_pointwise  (1,112,112,8)  ``.../Conv2d_1_pointwise/Relu6``, image 0, channels 0..7
     act0_conv2d_13_pointwise (1,7,7,1024)   ``.../Conv2d_13_pointwise/Relu6``, image 0, all channels
     resize_src           (300,451,3) uint8   chelsea, original
     resize_out           (224,224,3)  TF1 resize_bilinear(float32(resize_src), [224,224],
@@ -100,8 +98,6 @@ HEAD_PROBS = "final_result:0"
 # (npz key, tensor name, number of leading channels kept; None = all)
 ACTIVATIONS = [
     ("act0_conv2d_0", "MobilenetV1/MobilenetV1/Conv2d_0/Relu6:0", 8),
-    ("act0_conv2d_1_depthwise", "MobilenetV1/MobilenetV1/Conv2d_1_depthwise/Relu6:0", 8),
-    ("act0_conv2d_1_pointwise", "MobilenetV1/MobilenetV1/Conv2d_1_pointwise/Relu6:0", 8),
     ("act0_conv2d_13_pointwise", "MobilenetV1/MobilenetV1/Conv2d_13_pointwise/Relu6:0", None),
 ]
 SDIST_MEMBER = "nudity-0.2.3/nudity/files/retrained_graph.pb"
@@ -251,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     data = {
         "image_names": np.array(names),
-        "input": inputs,
+        # The graph input is (u8 − 128)/128 of an integer image: store the uint8 image (a quarter of the
+        # bytes); tests/test_convert_assets.reference() rebuilds the exact float32 input.
+        "input_u8": (inputs * 128 + 128).round().astype(np.uint8),
         "logits": logits,
         "probs": softmax(logits),
         "top5": top5,
