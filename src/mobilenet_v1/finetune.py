@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from .checkpoint import CONFIG_NAME, Preprocessing, Pretrained, from_pretrained
 from .model import MobileNetV1, ModelConfig
 
 
+@functools.lru_cache(maxsize=1)  # train reads the source twice (preprocessing, then weights): convert once
 def _load(src: str) -> tuple[MobileNetV1, Pretrained]:
     path = Path(src)
     if path.is_dir() and (path / CONFIG_NAME).is_file():
