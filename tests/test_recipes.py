@@ -77,3 +77,14 @@ def test_ema_follows_weights_and_copies_bn_stats():
     before = model[0].weight - 1.0
     assert torch.allclose(ema.state["0.weight"], before + (1 - 2 / 11))
     assert torch.equal(ema.state["1.running_mean"], torch.full((2,), 3.0))
+
+
+def test_train_overrides_reach_the_optimizer_and_loss():
+    from mobilenet_v1.recipes import build_optimizer
+    from mobilenet_v1.train import TrainConfig, _recipe
+
+    assert _recipe(TrainConfig("unused")) == FAST
+    recipe = _recipe(TrainConfig("unused", recipe="paper", weight_decay=5e-4, label_smoothing=0.05))
+    assert (recipe.optimizer, recipe.weight_decay, recipe.label_smoothing) == ("rmsprop_tf", 5e-4, 0.05)
+    groups = build_optimizer(MobileNetV1(width_multiplier=0.25, num_classes=10), recipe, 0.1).param_groups
+    assert [g["weight_decay"] for g in groups] == [5e-4, 0.0]

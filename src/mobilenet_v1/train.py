@@ -21,12 +21,13 @@ from torch import nn
 
 from . import data as data_mod
 from . import rundir
+from .allocator import keep_freed_memory
 from .checkpoint import WEIGHTS_NAME, Pretrained, read_config, save_weights, write_json
 from .distributed import DistInfo, all_gather_objects, all_sum, average_buffers, barrier, setup, teardown
 from .evaluate import Metrics, autocast, evaluate, resolve_precision
 from .model import MobileNetV1, ModelConfig
 from .preprocess import default_preprocessing, train_transform
-from .recipes import EMA, build_optimizer, get_recipe, lr_at
+from .recipes import EMA, Recipe, build_optimizer, get_recipe, lr_at
 
 
 @dataclass
@@ -41,6 +42,8 @@ class TrainConfig:
     batch_size: int = 128  # per process; the global batch is batch_size × world size
     accum_steps: int = 1  # split each batch into this many interleaved micro-batches (gradient accumulation)
     lr: float | None = None  # default: the recipe's, scaled linearly with the global batch
+    weight_decay: float | None = None  # default: the recipe's
+    label_smoothing: float | None = None  # default: the recipe's
     workers: int = 2
     seed: int = 0
     precision: str = "auto"  # auto | fp32 | bf16
@@ -149,6 +152,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         teardown(info)
 
 
+def _recipe(cfg: TrainConfig) -> Recipe:
+    """The named recipe with the run's overrides applied."""
+    recipe = get_recipe(cfg.recipe)
+    overrides = {"weight_decay": cfg.weight_decay, "label_smoothing": cfg.label_smoothing}
+    return replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
+
+
 def _train(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainResult:
     run_dir = Path(cfg.out_dir)
     if resume:
@@ -156,11 +166,12 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainResult:
         cfg = _check_resumable(run_dir, cfg)
     elif info.is_main and (run_dir / rundir.STATE_NAME).exists():
         raise ValueError(f"{run_dir}: already holds a training run (use --resume {run_dir}, or another --out)")
-    recipe = get_recipe(cfg.recipe)
+    recipe = _recipe(cfg)
     precision = resolve_precision(cfg.precision, info.device)
     torch.manual_seed(cfg.seed)
     if info.device.type == "cpu":
         torch.set_flush_denormal(True)  # denormal floats are ~100× slower on x86 and carry no signal here
+        keep_freed_memory()  # reuse step buffers instead of re-faulting them from the kernel (allocator.py)
     pre, names, train_loader, val_loader = _data(cfg, info)
     model = _initial_model(cfg, len(names)).to(info.device)
     if cfg.freeze_features:

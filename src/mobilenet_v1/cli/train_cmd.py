@@ -44,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="gradient accumulation: micro-batches per step (interleaved, like DDP ranks)",
     )
     o.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's, scaled with the batch)")
+    o.add_argument("--weight-decay", type=float, help="override the recipe's weight decay")
+    o.add_argument("--label-smoothing", type=float, help="override the recipe's label smoothing")
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--max-steps-per-epoch", type=int)
     s = p.add_argument_group("speed")
@@ -80,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         accum_steps=args.accum_steps,
         lr=args.lr,
+        weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing,
         workers=args.workers,
         seed=args.seed,
         precision=args.precision,

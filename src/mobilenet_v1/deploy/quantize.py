@@ -75,7 +75,7 @@ def quantize_onnx(
 ) -> QuantizeReport:
     """Static QDQ quantization of an fp32 ONNX file, calibrated by ``reader``; written atomically.
 
-    Nodes of the op types in ``keep_float`` stay in float (default: the classifier; see ``KEEP_FLOAT``).
+    Nodes whose op type or name is in ``keep_float`` stay in float (default: the classifier; ``KEEP_FLOAT``).
 
     The fp32 file's metadata (preprocessing, class names) is carried over, plus a ``quantization`` entry.
     """
@@ -105,7 +105,8 @@ def quantize_onnx(
             weight_type=QuantType.QInt8,
             calibrate_method=_method(method),
             nodes_to_exclude=[
-                n.name for n in onnx.load(str(Path(work) / "pre.onnx")).graph.node if n.op_type in keep_float
+                n.name for n in onnx.load(str(Path(work) / "pre.onnx")).graph.node
+                if n.op_type in keep_float or n.name in keep_float
             ],  # fmt: skip
             # reduce_range halves the weight range for pre-VNNI CPUs' saturating vpmaddubsw; VNNI needs no such
             # trick. The pooled average and the classifier are quantized too (the FC's input is the pool's).
