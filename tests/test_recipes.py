@@ -88,3 +88,5 @@ def test_train_overrides_reach_the_optimizer_and_loss():
     assert (recipe.optimizer, recipe.weight_decay, recipe.label_smoothing) == ("rmsprop_tf", 5e-4, 0.05)
     groups = build_optimizer(MobileNetV1(width_multiplier=0.25, num_classes=10), recipe, 0.1).param_groups
     assert [g["weight_decay"] for g in groups] == [5e-4, 0.0]
+    assert _recipe(TrainConfig("unused", ema_decay=0.0)).ema_decay is None
+    assert _recipe(TrainConfig("unused", ema_decay=0.99)).ema_decay == 0.99

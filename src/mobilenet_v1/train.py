@@ -44,6 +44,7 @@ class TrainConfig:
     lr: float | None = None  # default: the recipe's, scaled linearly with the global batch
     weight_decay: float | None = None  # default: the recipe's
     label_smoothing: float | None = None  # default: the recipe's
+    ema_decay: float | None = None  # default: the recipe's; 0 turns the weight EMA off
     workers: int = 2
     seed: int = 0
     precision: str = "auto"  # auto | fp32 | bf16
@@ -156,7 +157,9 @@ def _recipe(cfg: TrainConfig) -> Recipe:
     """The named recipe with the run's overrides applied."""
     recipe = get_recipe(cfg.recipe)
     overrides = {"weight_decay": cfg.weight_decay, "label_smoothing": cfg.label_smoothing}
-    return replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
+    if cfg.ema_decay is not None:
+        overrides["ema_decay"] = cfg.ema_decay or None
+    return replace(recipe, **{k: v for k, v in overrides.items() if v is not None or k == "ema_decay"})
 
 
 def _train(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainResult:

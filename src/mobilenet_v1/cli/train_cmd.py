@@ -46,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's, scaled with the batch)")
     o.add_argument("--weight-decay", type=float, help="override the recipe's weight decay")
     o.add_argument("--label-smoothing", type=float, help="override the recipe's label smoothing")
+    o.add_argument("--ema-decay", type=float, help="override the recipe's weight-EMA decay (0: no EMA)")
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--max-steps-per-epoch", type=int)
     s = p.add_argument_group("speed")
@@ -84,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr,
         weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing,
+        ema_decay=args.ema_decay,
         workers=args.workers,
         seed=args.seed,
         precision=args.precision,
