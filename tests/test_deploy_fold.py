@@ -103,3 +103,16 @@ def test_compiled_inference_path_matches():
         want = model(x)
     assert fast.compiled
     assert (fast(x) - want).abs().max().item() <= 1e-4  # inductor may reorder float sums
+
+
+def test_mkldnn_bench_backend_matches_the_model():
+    """The bench's `mkldnn` candidate (oneDNN blocked layout end to end) computes the same network."""
+    from mobilenet_v1.bench.backends import _mkldnn_runner
+
+    model = calibrated_model(width_multiplier=0.5, resolution=96)
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        want = model(x)
+    assert want.abs().max() > 0.5
+    got = _mkldnn_runner(model, x, torch.float32)()
+    assert (got - want).abs().max().item() <= 1e-4

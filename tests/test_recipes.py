@@ -79,7 +79,7 @@ def test_ema_follows_weights_and_copies_bn_stats():
     assert torch.equal(ema.state["1.running_mean"], torch.full((2,), 3.0))
 
 
-def test_train_overrides_reach_the_optimizer_and_loss():
+def test_train_overrides_reach_the_recipe_and_optimizer():
     from mobilenet_v1.recipes import build_optimizer
     from mobilenet_v1.train import TrainConfig, _recipe
 

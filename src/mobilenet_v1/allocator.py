@@ -21,7 +21,7 @@ import sys
 # mallopt(3) parameter numbers from glibc's <malloc.h>.
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
 MMAP_THRESHOLD = 1 << 30  # blocks below 1 GiB come from the heap
-TRIM_THRESHOLD = 1 << 32  # never shrink the heap by less than 4 GiB at a time (i.e. keep it)
+TRIM_THRESHOLD = 2**31 - 1  # only give the heap top back beyond 2 GiB free (mallopt takes an int)
 TOP_PAD = 512 << 20  # grow the heap in 512 MiB steps
 
 
@@ -35,6 +35,6 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    ok = [mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD), mallopt(M_TRIM_THRESHOLD, min(TRIM_THRESHOLD, 2**31 - 1)),
+    ok = [mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD), mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD),
           mallopt(M_TOP_PAD, TOP_PAD)]  # fmt: skip
     return all(r == 1 for r in ok)

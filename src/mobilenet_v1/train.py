@@ -155,11 +155,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
 
 def _recipe(cfg: TrainConfig) -> Recipe:
     """The named recipe with the run's overrides applied."""
-    recipe = get_recipe(cfg.recipe)
-    overrides = {"weight_decay": cfg.weight_decay, "label_smoothing": cfg.label_smoothing}
-    if cfg.ema_decay is not None:
-        overrides["ema_decay"] = cfg.ema_decay or None
-    return replace(recipe, **{k: v for k, v in overrides.items() if v is not None or k == "ema_decay"})
+    names = ("weight_decay", "label_smoothing", "ema_decay")
+    overrides = {k: getattr(cfg, k) for k in names if getattr(cfg, k) is not None}
+    if "ema_decay" in overrides:
+        overrides["ema_decay"] = overrides["ema_decay"] or None  # 0 means no EMA
+    return replace(get_recipe(cfg.recipe), **overrides)
 
 
 def _train(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainResult:

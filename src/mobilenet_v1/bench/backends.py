@@ -23,6 +23,7 @@ class Backend:
     requires: tuple[str, ...] = ()  # importable modules
     peer: bool = False
     note: str = ""
+    default: bool = True  # part of `mobilenet-v1 bench`'s default set (candidates are asked for by name)
 
 
 BACKENDS = {b.name: b for b in [
@@ -31,6 +32,9 @@ BACKENDS = {b.name: b for b in [
     Backend("inference-compile", "fp32", note="+ torch.compile (inductor, freezing)"),
     Backend("inference-bf16", "bf16", note="BN folded, channels_last, bf16 weights and activations"),
     Backend("inference-bf16-compile", "bf16", note="+ torch.compile (inductor, freezing)"),
+    Backend("mkldnn", "fp32", note="BN folded, torch.utils.mkldnn: prepacked oneDNN weights, blocked layout",
+            default=False),
+    Backend("mkldnn-bf16", "bf16", note="the same in bf16", default=False),
     Backend("ort-fp32", "fp32", ("onnx",), ("onnxruntime",), note="our ONNX export, ORT_ENABLE_ALL"),
     Backend("ort-int8", "int8", ("int8",), ("onnxruntime",), note="our static QDQ int8 (per-channel) in ORT"),
     Backend("openvino-fp32", "fp32", ("onnx",), ("openvino",), note="our ONNX, INFERENCE_PRECISION_HINT=f32"),
@@ -48,7 +52,7 @@ BACKENDS = {b.name: b for b in [
     Backend("keras-torch", "fp32", (), ("keras",), True, "keras.applications.MobileNet, KERAS_BACKEND=torch"),
 ]}  # fmt: skip
 
-DEFAULT_BACKENDS = [n for n, b in BACKENDS.items() if not b.peer]
+DEFAULT_BACKENDS = [n for n, b in BACKENDS.items() if not b.peer and b.default]
 PEER_BACKENDS = [n for n, b in BACKENDS.items() if b.peer]
 
 
@@ -110,6 +114,22 @@ def _compiled(module, channels_last: bool = True):
     return torch.compile(module, options={"freezing": True})
 
 
+def _mkldnn_runner(model, x, dtype):
+    """oneDNN's own tensor layout end to end: weights reordered once, activations never leave blocked form."""
+    import torch  # noqa: PLC0415
+    from torch.utils.mkldnn import to_mkldnn  # noqa: PLC0415
+
+    from ..deploy.fold import fold_bn  # noqa: PLC0415
+
+    module = to_mkldnn(fold_bn(model).eval(), dtype)
+
+    def run():
+        with torch.inference_mode():
+            return module(x.to_mkldnn(dtype)).to_dense(torch.float32)
+
+    return run
+
+
 def _openvino_runner(path: str, hint: str, threads: int, x: np.ndarray):
     import openvino as ov  # noqa: PLC0415
 
@@ -139,6 +159,8 @@ def build(job: Job, batch: int, threads: int):  # noqa: PLR0911 - one return per
         precision = "bf16" if "bf16" in name else "fp32"
         fast = optimize_for_inference(_our_model(job), precision=precision, compile=name.endswith("compile"))
         return lambda: fast(x)
+    if name.startswith("mkldnn"):
+        return _mkldnn_runner(_our_model(job), x, torch.bfloat16 if name.endswith("bf16") else torch.float32)
     if name == "timm-eager":
         return _torch_runner(_timm_model(job), x)
     if name == "timm-compile":
