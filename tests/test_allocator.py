@@ -7,7 +7,8 @@ import pytest
 
 # Allocate, touch and free a 64 MiB buffer 20 times (a training step's activations, in miniature) and count
 # the minor page faults: glibc's default serves it with mmap and returns it with munmap, so every round
-# faults all 16,384 pages again; after keep_freed_memory() the second round onwards reuses the heap.
+# faults all 16,384 pages again; after keep_freed_memory() the heap is reused once warm (ten rounds here;
+# under OMP_WAIT_POLICY=PASSIVE glibc placed six buffers one above the other before settling).
 SCRIPT = """
 import resource, sys
 import torch
@@ -16,7 +17,8 @@ if sys.argv[1] == "tuned":
     assert keep_freed_memory()
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-x = torch.ones(16 << 20); del x  # warm-up round (first touch of the heap is paid either way)
+for _ in range(10):  # warm-up: the heap's first touches are paid either way, and glibc may place the
+    x = torch.ones(16 << 20); del x  # first few buffers at creeping addresses before one slot is reused
 before = faults()
 for _ in range(20):
     x = torch.ones(16 << 20)  # 64 MiB of float32
@@ -35,4 +37,4 @@ def test_keep_freed_memory_stops_refaulting_buffers():
     default, tuned = _faults("default"), _faults("tuned")
     pages = 20 * (64 << 20) // 4096
     assert default > 0.5 * pages, default  # the problem exists: each round re-faults the buffer
-    assert tuned < 0.15 * pages, tuned  # and the tuning removes it (one round may still fault)
+    assert tuned < 0.15 * pages, tuned  # and the tuning removes it (up to three rounds may still fault)
