@@ -18,7 +18,7 @@ from mobilenet_v1.deploy import bf16_supported, fold_bn, optimize_for_inference
 from mobilenet_v1.deploy.calibration import calibration_reader
 from mobilenet_v1.deploy.onnx_export import export_onnx, ort_session, read_metadata
 from mobilenet_v1.deploy.outliers import with_dead_channel_outlier
-from mobilenet_v1.deploy.quantize import quantize_onnx
+from mobilenet_v1.deploy.quantize import default_reduce_range, quantize_onnx
 from mobilenet_v1.deploy.samples import fashion_mnist, write_images
 
 pytestmark = pytest.mark.slow
@@ -88,6 +88,7 @@ def test_int8_export_keeps_accuracy_and_runs_with_dynamic_batch(trained, calibra
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ format
     meta = read_metadata(out)
     assert meta["quantization"]["weights"] == "int8 per-channel" and meta["quantization"]["calibration_images"] == 300
+    assert meta["quantization"]["reduce_range"] == default_reduce_range()  # 7-bit weights where there is no VNNI
     assert meta["class_names"][0] == "T-shirt/top" and meta["preprocessing"]["grayscale"] is True
     session = ort_session(out)
     for batch in (1, 7):
@@ -114,3 +115,44 @@ def test_per_tensor_weights_collapse_per_channel_weights_do_not(trained, calibra
         accuracy[per_channel] = _accuracy_onnx(path, x, y)
     assert accuracy[False] <= 30.0, f"per-tensor should collapse: {accuracy[False]:.2f}% (fp32 {fp32:.2f}%)"
     assert accuracy[True] >= fp32 - INT8_MAX_DROP, f"per-channel {accuracy[True]:.2f}% vs fp32 {fp32:.2f}%"
+
+
+class _RandomReader:
+    """ONNX Runtime's CalibrationDataReader protocol over a few random batches."""
+
+    def __init__(self, shape):
+        self.batches = iter(
+            [{"input": np.random.default_rng(i).standard_normal(shape, dtype=np.float32)} for i in range(2)]
+        )
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+@pytest.mark.parametrize("reduce_range", [False, True])
+def test_bias_correction_rounds_weights_as_onnx_runtime_does(reduce_range, tmp_path):
+    """int8_weight (what bias correction compensates) against the weights ONNX Runtime actually stores."""
+    from onnx import numpy_helper
+
+    from mobilenet_v1 import MobileNetV1, ModelConfig
+    from mobilenet_v1.deploy.bias_correction import int8_weight
+
+    model = MobileNetV1(config=ModelConfig(width_multiplier=0.25, resolution=32, num_classes=10)).eval()
+    export_onnx(model, tmp_path / "fp32.onnx")
+    quantize_onnx(
+        tmp_path / "fp32.onnx", tmp_path / "int8.onnx", _RandomReader((2, 3, 32, 32)), reduce_range=reduce_range
+    )
+    fp32 = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "fp32.onnx")).graph.initializer}
+    q = onnx.load(str(tmp_path / "int8.onnx"))
+    init = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    checked = 0
+    for node in q.graph.node:
+        name = node.input[0]
+        if node.op_type != "DequantizeLinear" or not name.endswith("_quantized") or init[name].ndim != 4:
+            continue
+        stored = init[name].astype(np.float32) * init[node.input[1]].reshape(-1, 1, 1, 1)
+        want = int8_weight(torch.from_numpy(fp32[name.removesuffix("_quantized")].copy()), True, reduce_range).numpy()
+        assert np.abs(init[name]).max() <= (64 if reduce_range else 127)
+        np.testing.assert_allclose(stored, want, rtol=1e-6, atol=1e-7)
+        checked += 1
+    assert checked == 27  # every convolution of Table 1

@@ -20,8 +20,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="one weight scale per tensor instead of per channel (shows MobileNet's int8 collapse)",
     )
-    p.add_argument("--no-bias-correction", action="store_true",
-                   help="skip bias correction for int8 weight rounding (Nagel et al. 2019; on by default)")
+    p.add_argument(
+        "--no-bias-correction",
+        action="store_true",
+        help="skip bias correction for int8 weight rounding (Nagel et al. 2019; on by default)",
+    )
+    p.add_argument(
+        "--reduce-range",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="7-bit int8 weights, for x86 CPUs without VNNI whose u8×s8 dot product saturates "
+        "(auto: on exactly when this CPU has no VNNI)",
+    )
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
     p.add_argument("--json", action="store_true", help="print the export report as one JSON object")
 
@@ -46,8 +56,10 @@ def run(args: argparse.Namespace) -> int:
 
         report = export_int8(model, args.output, args.calibration, per_channel=not args.per_tensor,
                              method=args.calibration_method, limit=args.calibration_images,
-                             bias_correction=not args.no_bias_correction)  # fmt: skip
-        summary = (f"wrote {report.path}: int8 QDQ ({'per-channel' if report.per_channel else 'per-tensor'} "
+                             bias_correction=not args.no_bias_correction,
+                             reduce_range={"auto": None, "on": True, "off": False}[args.reduce_range])  # fmt: skip
+        weights = ("per-channel" if report.per_channel else "per-tensor") + (" 7-bit" if report.reduce_range else "")
+        summary = (f"wrote {report.path}: int8 QDQ ({weights} "
                    f"weights, {report.method} calibration on {report.calibration_images} images), "
                    f"{report.size_bytes / 1e6:.2f} MB (fp32 {report.fp32_size_bytes / 1e6:.2f} MB); "
                    f"runs in ONNX Runtime at batch {', '.join(map(str, report.verified_batches))}")  # fmt: skip

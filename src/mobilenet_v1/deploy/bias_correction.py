@@ -19,16 +19,20 @@ from torch.func import functional_call
 from .fold import fold_bn
 
 
-def int8_weight(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
-    """``w`` after symmetric int8 rounding as ONNX Runtime does it (scale = max|w| / 127, round half to even)."""
+def int8_weight(w: torch.Tensor, per_channel: bool, reduce_range: bool = False) -> torch.Tensor:
+    """``w`` after symmetric int8 rounding as ONNX Runtime does it (scale = max|w| / 127, round half to even).
+
+    ``reduce_range``: ORT's 7-bit weights for CPUs without VNNI (levels ±64 instead of ±127).
+    """
+    levels = 64.0 if reduce_range else 127.0
     peak = w.abs().amax(dim=tuple(range(1, w.ndim)), keepdim=True) if per_channel else w.abs().max()
-    scale = torch.where(peak > 0, peak / 127.0, torch.ones_like(peak))
-    return torch.round(w / scale).clamp(-127, 127) * scale
+    scale = torch.where(peak > 0, peak / levels, torch.ones_like(peak))
+    return torch.round(w / scale).clamp(-levels, levels) * scale
 
 
 @torch.no_grad()
 def bias_correct(model: nn.Module, images: np.ndarray | torch.Tensor, per_channel: bool = True,
-                 batch_size: int = 32) -> nn.Module:  # fmt: skip
+                 batch_size: int = 32, reduce_range: bool = False) -> nn.Module:  # fmt: skip
     """A BN-folded copy of ``model`` whose conv biases cancel the mean output error of int8 weights.
 
     ``images``: preprocessed calibration inputs (N, C, H, W); ~100 suffice, the means converge fast.
@@ -38,7 +42,7 @@ def bias_correct(model: nn.Module, images: np.ndarray | torch.Tensor, per_channe
     convs = {n: m for n, m in folded.named_modules() if isinstance(m, nn.Conv2d)}
     offsets = {n: torch.zeros(m.out_channels, dtype=torch.float64) for n, m in convs.items()}
     counts = dict.fromkeys(convs, 0)
-    errors = {n: int8_weight(m.weight, per_channel) - m.weight for n, m in convs.items()}
+    errors = {n: int8_weight(m.weight, per_channel, reduce_range) - m.weight for n, m in convs.items()}
     busy: list[str] = []
 
     def hook(name):
