@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -10,7 +12,8 @@ from deploy_helpers import calibrated_model
 from mobilenet_v1.deploy import fold_bn, optimize_for_inference
 from mobilenet_v1.deploy.fold import count_batchnorms
 from mobilenet_v1.deploy.inference import resolve_precision
-from mobilenet_v1.layers import Conv2dSame
+from mobilenet_v1.deploy.onednn import FusedConv2d
+from mobilenet_v1.layers import Conv2dSame, ConvBNAct
 
 CONFIGS = [
     {},
@@ -82,9 +85,44 @@ def test_inference_path_fp32_matches_and_returns_fp32():
     got = fast(x)
     assert got.dtype == torch.float32 and got.shape == truth.shape
     assert (got.double() - truth).abs().max().item() <= 2 * unfused_err + 1e-6
-    assert fast.precision == "fp32" and fast.channels_last
-    conv = fast.module.features.Conv2d_1_pointwise.conv
+    assert fast.precision == "fp32" and fast.channels_last and fast.fused
+    plain = optimize_for_inference(model, fuse=False)
+    conv = plain.module.features.Conv2d_1_pointwise.conv
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) and conv.bias is not None
+    assert (plain(x).double() - truth).abs().max().item() <= 2 * unfused_err + 1e-6
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_fused_convolutions_compute_every_variant(config):
+    """oneDNN conv + bias + activation with pre-packed weights (onednn.py) against the unfused folded path,
+    at the batch and size the weights were packed for and at others (an odd size moves TF 'SAME' padding)."""
+    model = calibrated_model(**config)
+    fast, plain = optimize_for_inference(model), optimize_for_inference(model, fuse=False)
+    assert fast.fused and not plain.fused
+    fused = [m for m in fast.modules() if isinstance(m, FusedConv2d)]
+    assert len(fused) == sum(isinstance(m, ConvBNAct) for m in model.modules())
+    assert not any(isinstance(m, (nn.ReLU, nn.ReLU6)) for m in fast.modules())  # every activation is a post-op
+    r = model.config.resolution
+    exact = copy.deepcopy(model).double()
+    for x in (torch.randn(1, 3, r, r), torch.randn(3, 3, r + 17, r + 17)):
+        with torch.no_grad():
+            truth = exact(x.double())
+        assert truth.abs().max() > 0.5
+        # Within float32 rounding of the float64 truth, as the unfused path is (these random networks
+        # amplify rounding: see the folding tests above).
+        unfused_err = (plain(x).double() - truth).abs().max().item()
+        assert (fast(x).double() - truth).abs().max().item() <= 2 * unfused_err + 1e-6
+
+
+def test_fused_backbone_matches():
+    model = calibrated_model(features_only=True, output_stride=16)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want = model(x)
+    got = optimize_for_inference(model)(x)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and (g - w).abs().max().item() <= 1e-4 * w.abs().max().item()
 
 
 def test_precision_validation():

@@ -22,11 +22,16 @@ class Conv2dSame(nn.Conv2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads = []
-        for size, k, s, d in zip(x.shape[-1:-3:-1], self.kernel_size[::-1], self.stride[::-1], self.dilation[::-1]):
-            total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
-            pads += [total // 2, total - total // 2]
-        return super().forward(F.pad(x, pads))
+        return super().forward(F.pad(x, same_pads(self, x)))
+
+
+def same_pads(conv: nn.Conv2d, x: torch.Tensor) -> list[int]:
+    """TF 'SAME' padding of ``x`` for ``conv``, in ``F.pad`` order: (left, right, top, bottom)."""
+    pads = []
+    for size, k, s, d in zip(x.shape[-1:-3:-1], conv.kernel_size[::-1], conv.stride[::-1], conv.dilation[::-1]):
+        total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+        pads += [total // 2, total - total // 2]
+    return pads
 
 
 def make_conv(in_ch: int, out_ch: int, kernel: int, stride: int, dilation: int, groups: int, padding: str) -> nn.Conv2d:

@@ -28,9 +28,10 @@ class Backend:
 
 BACKENDS = {b.name: b for b in [
     Backend("eager", "fp32", note="our MobileNetV1, eval, NCHW, inference_mode"),
-    Backend("inference", "fp32", note="BN folded, channels_last, inference_mode"),
+    Backend("inference", "fp32", note="BN folded, channels_last, oneDNN conv+bias+ReLU fused, weights pre-packed"),
+    Backend("inference-unfused", "fp32", note="BN folded, channels_last, inference_mode (no fusion)", default=False),
     Backend("inference-compile", "fp32", note="+ torch.compile (inductor, freezing)"),
-    Backend("inference-bf16", "bf16", note="BN folded, channels_last, bf16 weights and activations"),
+    Backend("inference-bf16", "bf16", note="the same fused path in bf16 weights and activations"),
     Backend("inference-bf16-compile", "bf16", note="+ torch.compile (inductor, freezing)"),
     Backend("mkldnn", "fp32", note="BN folded, torch.utils.mkldnn: prepacked oneDNN weights, blocked layout",
             default=False),
@@ -157,7 +158,8 @@ def build(job: Job, batch: int, threads: int):  # noqa: PLR0911 - one return per
         from ..deploy.inference import optimize_for_inference  # noqa: PLC0415
 
         precision = "bf16" if "bf16" in name else "fp32"
-        fast = optimize_for_inference(_our_model(job), precision=precision, compile=name.endswith("compile"))
+        fast = optimize_for_inference(_our_model(job), precision=precision, compile=name.endswith("compile"),
+                                      fuse=not name.endswith("unfused"))  # fmt: skip
         return lambda: fast(x)
     if name.startswith("mkldnn"):
         return _mkldnn_runner(_our_model(job), x, torch.bfloat16 if name.endswith("bf16") else torch.float32)
