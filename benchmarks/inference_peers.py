@@ -65,11 +65,13 @@ def main(argv=None) -> int:
     p.add_argument("--batch", default="1,32")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--omp-wait-policy", choices=("PASSIVE", "ACTIVE"), default=None)
     args = p.parse_args(argv)
     backends = [b for b in args.backends.split(",") if b in BACKENDS]
     command = "python benchmarks/inference_peers.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     report = run_bench(BenchOptions(backends=backends, batches=[int(b) for b in args.batch.split(",")],
-                                    rounds=args.rounds, iters=args.iters, command=command))  # fmt: skip
+                                    rounds=args.rounds, iters=args.iters, command=command,
+                                    omp_wait_policy=args.omp_wait_policy))  # fmt: skip
     text = markdown(report, baseline="timm-eager") + "\n\n" + acceptance(report) + "\n"
     print(text)
     with atomic_path(args.out + ".json") as tmp:

@@ -83,8 +83,11 @@ def main(argv=None) -> int:
             fast = optimize_for_inference(model, precision="bf16")
             variants["bf16 (PyTorch inference path)"] = logits_torch(fast, images, pre)[:, offset:]
         corrected = bias_correct(model, np.concatenate(list(batches(calib[:BIAS_CORRECTION_IMAGES], pre))))
-        for name, source, per_channel in (("int8 per-channel + bias correction", corrected, True),
-                                          ("int8 per-channel", model, True), ("int8 per-tensor", model, False)):
+        for name, source, per_channel in (
+            ("int8 per-channel + bias correction", corrected, True),
+            ("int8 per-channel", model, True),
+            ("int8 per-tensor", model, False),
+        ):
             start = time.perf_counter()
             fp32, path = Path(work) / f"{len(variants)}.onnx", Path(work) / f"{len(variants)}.int8.onnx"
             export_onnx(source, fp32)

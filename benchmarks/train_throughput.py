@@ -101,8 +101,20 @@ def main() -> None:
     for r in range(args.rounds):
         order = [(c, s) for s in args.sizes for c in args.configs]
         for name, size in order if r % 2 == 0 else order[::-1]:
-            cmd = [sys.executable, __file__, "--worker", name, "--size", str(size), "--batch", str(args.batch),
-                   "--iters", str(args.iters), "--warmup", str(args.warmup)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                name,
+                "--size",
+                str(size),
+                "--batch",
+                str(args.batch),
+                "--iters",
+                str(args.iters),
+                "--warmup",
+                str(args.warmup),
+            ]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
             times = json.loads(out)["times"]
             rounds.setdefault((name, size), []).append(statistics.median(times))
@@ -110,13 +122,28 @@ def main() -> None:
     rows = []
     for (name, size), meds in rounds.items():
         med = statistics.median(meds)
-        rows.append({"config": name, "size": size, "median_step_s": med, "images_per_s": args.batch / med,
-                     "spread_images_per_s": [args.batch / max(meds), args.batch / min(meds)]})
+        rows.append(
+            {
+                "config": name,
+                "size": size,
+                "median_step_s": med,
+                "images_per_s": args.batch / med,
+                "spread_images_per_s": [args.batch / max(meds), args.batch / min(meds)],
+            }
+        )
     result = {
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-        "machine": platform.processor() or platform.machine(), "cpu": _cpu_model(), "threads": 2,
-        "torch": torch.__version__, "timm": timm.__version__, "batch": args.batch, "rounds": args.rounds,
-        "iters_per_round": args.iters, "load_before": load_before, "load_after": os.getloadavg(), "rows": rows,
+        "machine": platform.processor() or platform.machine(),
+        "cpu": _cpu_model(),
+        "threads": 2,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "batch": args.batch,
+        "rounds": args.rounds,
+        "iters_per_round": args.iters,
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+        "rows": rows,
     }
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out + ".json", "w") as f:
@@ -135,10 +162,14 @@ def _cpu_model() -> str:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"`{result['command']}` — {result['cpu']}, {result['threads']} threads, torch {result['torch']}, "
-             f"timm {result['timm']}, batch {result['batch']}, {result['rounds']} rounds × {result['iters_per_round']} "
-             f"steps, load {result['load_before'][0]:.2f} → {result['load_after'][0]:.2f}", "",
-             "| size | config | img/s (median) | spread | × timm best eager (untuned) |", "|---:|---|---:|---|---:|"]
+    lines = [
+        f"`{result['command']}` — {result['cpu']}, {result['threads']} threads, torch {result['torch']}, "
+        f"timm {result['timm']}, batch {result['batch']}, {result['rounds']} rounds × {result['iters_per_round']} "
+        f"steps, load {result['load_before'][0]:.2f} → {result['load_after'][0]:.2f}",
+        "",
+        "| size | config | img/s (median) | spread | × timm best eager (untuned) |",
+        "|---:|---|---:|---|---:|",
+    ]
     for size in sorted({r["size"] for r in result["rows"]}, reverse=True):
         rows = [r for r in result["rows"] if r["size"] == size]
         untuned_timm = [r["images_per_s"] for r in rows
@@ -146,8 +177,10 @@ def markdown(result: dict) -> str:
         timm_best = max(untuned_timm, default=float("nan"))
         for r in rows:
             lo, hi = r["spread_images_per_s"]
-            lines.append(f"| {size} | {r['config']} | {r['images_per_s']:.1f} | {lo:.1f}–{hi:.1f} | "
-                         f"{r['images_per_s'] / timm_best:.2f} |")
+            lines.append(
+                f"| {size} | {r['config']} | {r['images_per_s']:.1f} | {lo:.1f}–{hi:.1f} | "
+                f"{r['images_per_s'] / timm_best:.2f} |"
+            )
     return "\n".join(lines) + "\n"
 
 

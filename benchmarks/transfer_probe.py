@@ -28,9 +28,18 @@ from mobilenet_v1.train import TrainConfig, train
 
 def probe(init_dir: Path, out: Path, args) -> dict:
     cfg = TrainConfig(
-        out_dir=str(out), model=ModelConfig(1.0, args.resolution, num_classes=10), recipe="fast",
-        epochs=args.epochs, batch_size=64, workers=1, train_subset=args.train_subset, val_subset=args.val_subset,
-        init=str(init_dir), freeze_features=True, precision="fp32", progress=False,
+        out_dir=str(out),
+        model=ModelConfig(1.0, args.resolution, num_classes=10),
+        recipe="fast",
+        epochs=args.epochs,
+        batch_size=64,
+        workers=1,
+        train_subset=args.train_subset,
+        val_subset=args.val_subset,
+        init=str(init_dir),
+        freeze_features=True,
+        precision="fp32",
+        progress=False,
     )
     t = time.perf_counter()
     result = train(cfg)
@@ -55,9 +64,16 @@ def main() -> None:
         random = MobileNetV1(config=google.config)
         save_pretrained(random, tmp / "random", info)
         results = {name: probe(tmp / name, tmp / f"probe_{name}", args) for name in ("google", "random")}
-    record = {"command": " ".join([os.path.basename(sys.executable), *sys.argv]), "torch": torch.__version__,
-              "resolution": args.resolution, "epochs": args.epochs, "train_subset": args.train_subset,
-              "val_subset": args.val_subset, "load_after": os.getloadavg(), **results}
+    record = {
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "torch": torch.__version__,
+        "resolution": args.resolution,
+        "epochs": args.epochs,
+        "train_subset": args.train_subset,
+        "val_subset": args.val_subset,
+        "load_after": os.getloadavg(),
+        **results,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))

@@ -75,3 +75,32 @@ def test_grid_times_the_papers_16_models_and_plots(tmp_path):
     assert sorted(p.name for p in grid.points) == sorted(PAPER_16) and len(PAPER_16) == 16
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert -1.0 <= grid.correlation["inference"] <= 1.0
+
+
+def test_workers_get_the_requested_omp_wait_policy(monkeypatch):
+    """A shell's OMP_WAIT_POLICY=PASSIVE (CI exports it) must not leak into the timed processes unasked."""
+    import multiprocessing as mp
+
+    from mobilenet_v1.bench.worker import omp_wait_policy
+
+    def child_sees(policy):
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        with omp_wait_policy(policy):
+            p = ctx.Process(target=_report_env, args=(child,))
+            p.start()
+        seen = parent.recv()
+        p.join()
+        return seen
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert child_sees(None) is None and child_sees("ACTIVE") == "ACTIVE"
+    import os
+
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # ours is restored
+
+
+def _report_env(conn):
+    import os
+
+    conn.send(os.environ.get("OMP_WAIT_POLICY"))

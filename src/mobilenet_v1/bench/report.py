@@ -32,7 +32,8 @@ def markdown(report: BenchReport, baseline: str | None = "eager") -> str:
     out = [
         f"MobileNet-V1 α = {cfg['width_multiplier']:g}, {cfg['resolution']}×{cfg['resolution']}, "
         f"{report.mult_adds / 1e6:.2f} M Mult-Adds/image ({2 * report.mult_adds / 1e9:.3f} GFLOP); "
-        f"{report.threads} threads; {env['cpu']} ({env['torch_cpu_capability']})",
+        f"{report.threads} threads; {env['cpu']} ({env['torch_cpu_capability']}); "
+        f"OMP_WAIT_POLICY in the workers: {env.get('omp_wait_policy', 'not recorded')}",
         f"versions: {versions}",
         "load average (1/5/15 min) before: "
         + " ".join(f"{x:.2f}" for x in report.load_before)

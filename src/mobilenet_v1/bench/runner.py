@@ -42,9 +42,10 @@ class BenchOptions:
     grid_backends: list[str] = field(default_factory=lambda: ["inference"])
     plot: str | None = None  # PNG of the grid
     command: str = ""
+    omp_wait_policy: str | None = None  # for the workers; None: the OpenMP runtime's default (worker.py)
 
 
-def environment(threads: int, command: str = "") -> dict:
+def environment(threads: int, command: str = "", omp_wait_policy: str | None = None) -> dict:
     versions = {}
     for pkg in VERSIONED:
         try:
@@ -66,6 +67,7 @@ def environment(threads: int, command: str = "") -> dict:
         "threads": threads,
         "python": platform.python_version(),
         "command": command,
+        "omp_wait_policy": omp_wait_policy or "default",
     }
 
 
@@ -145,7 +147,7 @@ def run_bench(options: BenchOptions) -> BenchReport:
         try:
             for name in backends:
                 job = Job(name, config.to_dict(), options.model_dir, files)
-                worker, error = start_worker(name, [job], options.batches, options.threads)
+                worker, error = start_worker(name, [job], options.batches, options.threads, options.omp_wait_policy)
                 if worker is None:
                     skipped[name] = error
                 else:
@@ -174,6 +176,7 @@ def run_bench(options: BenchOptions) -> BenchReport:
         grid = run_grid(options.grid_backends, batch=options.batches[0], threads=options.threads,
                         plot=options.plot, skipped=skipped)  # fmt: skip
     return BenchReport(
-        config.to_dict(), mult_adds, options.threads, environment(options.threads, options.command),
+        config.to_dict(), mult_adds, options.threads,
+        environment(options.threads, options.command, options.omp_wait_policy),
         load_before, os.getloadavg(), peaks, timings, skipped, profile, grid,
     )  # fmt: skip

@@ -7,7 +7,9 @@ the workers for one round at a time, alternating A B C … then … C B A, so sl
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
+import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -17,6 +19,27 @@ import numpy as np
 from .backends import Job, build
 
 WARMUP_ITERS = 3
+
+
+@contextlib.contextmanager
+def omp_wait_policy(policy: str | None):
+    """``OMP_WAIT_POLICY`` as a spawned worker will see it (``None``: unset, the OpenMP runtime's default).
+
+    libgomp reads it once, when torch loads. PASSIVE (threads sleep between parallel regions), which this
+    project's CI exports so that concurrent test processes don't starve each other, adds a wake-up to each
+    of the ~60 parallel regions of a batch-1 forward: our fused PyTorch path took 20.4 ms instead of 14.9 ms
+    on the 2-core Zen 3. A bench worker runs alone, so by default it gets the runtime's own policy.
+    """
+    before = os.environ.get("OMP_WAIT_POLICY")
+    os.environ.pop("OMP_WAIT_POLICY", None)
+    if policy:
+        os.environ["OMP_WAIT_POLICY"] = policy
+    try:
+        yield
+    finally:
+        os.environ.pop("OMP_WAIT_POLICY", None)
+        if before is not None:
+            os.environ["OMP_WAIT_POLICY"] = before
 
 
 def _serve(conn, jobs: list[Job], batches: list[int], threads: int) -> None:
@@ -67,12 +90,15 @@ class Worker:
             self.process.kill()
 
 
-def start_worker(name: str, jobs: list[Job], batches: list[int], threads: int) -> tuple[Worker | None, str | None]:
+def start_worker(
+    name: str, jobs: list[Job], batches: list[int], threads: int, wait_policy: str | None = None
+) -> tuple[Worker | None, str | None]:
     """Start and warm up one worker; blocks until it is ready so builds never overlap with timing."""
     ctx = mp.get_context("spawn")  # a fresh interpreter: no state (threads, compiled kernels) shared with us
     parent, child = ctx.Pipe()
     process = ctx.Process(target=_serve, args=(child, jobs, batches, threads), daemon=True)
-    process.start()
+    with omp_wait_policy(wait_policy):  # the child copies our environment when it starts
+        process.start()
     child.close()
     try:
         kind, payload = parent.recv()

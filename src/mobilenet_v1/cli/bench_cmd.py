@@ -36,6 +36,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", default="bench_grid.png", help="PNG for --grid (default bench_grid.png)")
     p.add_argument("--profile", action="store_true", help="time by layer type beside Table 2's Mult-Adds shares")
     p.add_argument("--baseline", default="eager", help="backend the ratio column divides by (default eager)")
+    p.add_argument(
+        "--omp-wait-policy",
+        choices=("PASSIVE", "ACTIVE"),
+        default=None,
+        help="OMP_WAIT_POLICY for the timed processes (default: the OpenMP runtime's own, whatever "
+        "this shell exports; PASSIVE adds ~5 ms to a batch-1 PyTorch forward on 2 cores)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -54,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         backends=backends, threads=args.threads, rounds=args.rounds, iters=args.iters,
         calibration=args.calibration, profile=args.profile, grid=args.grid, grid_backends=grid_backends,
         plot=args.plot if args.grid else None, command="mobilenet-v1 " + shlex.join(sys.argv[1:]),
+        omp_wait_policy=args.omp_wait_policy,
     )  # fmt: skip
     report = run_bench(options)
     print(report.to_json() if args.json else markdown(report, args.baseline))
