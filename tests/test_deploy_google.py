@@ -58,6 +58,8 @@ def test_bias_correction_recovers_what_per_channel_rounding_loses(google):
     assert google["per-channel + bias correction"] >= google["per-channel"] + 10.0, google
 
 
-@pytest.mark.xfail(strict=True, reason="issue 5 asks >= 95%; post-training int8 measures 91% (Zen 5, VNNI) and 85% (Zen 3, 7-bit weights); BENCHMARKS.md")
+@pytest.mark.xfail(
+    strict=True, reason="issue 5 asks >= 95%; post-training int8 measures 91% (Zen 5) and 85% (Zen 3); BENCHMARKS.md"
+)
 def test_int8_agreement_reaches_the_issues_95_percent(google):
     assert google["per-channel + bias correction"] >= 95.0, google
