@@ -25,7 +25,7 @@ PAPER_16 = [n for n in list_models() if "full_conv" not in n and "shallow" not i
 
 def run_grid(
     backends: list[str], batch: int = 1, threads: int = 2, rounds: int = 4, iters: int = 8,
-    plot: str | os.PathLike | None = None, skipped: dict | None = None,
+    plot: str | os.PathLike | None = None, skipped: dict | None = None, omp_wait_policy: str | None = None,
 ) -> Grid:  # fmt: skip
     check_backends(backends)
     configs = {name: model_config(name) for name in PAPER_16}
@@ -37,7 +37,7 @@ def run_grid(
                 skipped[f"grid:{backend}"] = f"{missing_module(backend)} is not installed"
                 continue
             jobs = [Job(backend, c.to_dict(), None, _files(backend, n, c, Path(work))) for n, c in configs.items()]
-            worker, error = start_worker(backend, jobs, [batch], threads)
+            worker, error = start_worker(backend, jobs, [batch], threads, omp_wait_policy)
             if worker is None:
                 skipped[f"grid:{backend}"] = error
                 continue

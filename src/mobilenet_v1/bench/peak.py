@@ -69,14 +69,13 @@ def ort_peak(precision: str, threads: int, n: int = 2048, reps: int = 8) -> floa
 
 def measure_peaks(threads: int = 2, n: int = 2048) -> list[Peak]:
     """fp32, bf16 (where native) and int8 GEMM rates on ``threads`` threads (best of a few runs)."""
-    from ..deploy.inference import bf16_supported  # noqa: PLC0415
+    from ..deploy.inference import bf16_supported, vnni_supported  # noqa: PLC0415
 
     torch.set_num_threads(threads)
     fp32 = [(torch_peak(torch.float32, n), f"torch.mm fp32 {n}×{n}")]
     # Without VNNI torch._int_mm falls back to a reference kernel (1.2 GOP/s on the AVX2-only Zen 3: 133 s
     # for one 2048³ measurement), so it is only a candidate where VNNI exists, and a small one otherwise.
-    vnni = getattr(torch.cpu, "_is_vnni_supported", lambda: False)()
-    int8 = [(torch_peak(torch.int8, n), f"torch._int_mm s8×s8 {n}×{n}")] if vnni else []
+    int8 = [(torch_peak(torch.int8, n), f"torch._int_mm s8×s8 {n}×{n}")] if vnni_supported() else []
     for precision, found, how in (("fp32", fp32, "MatMul fp32"), ("int8", int8, "MatMulInteger u8×s8")):
         rate = ort_peak(precision, threads, n)
         if rate is not None:

@@ -174,7 +174,7 @@ def run_bench(options: BenchOptions) -> BenchReport:
         from .grid import run_grid  # noqa: PLC0415
 
         grid = run_grid(options.grid_backends, batch=options.batches[0], threads=options.threads,
-                        plot=options.plot, skipped=skipped)  # fmt: skip
+                        plot=options.plot, skipped=skipped, omp_wait_policy=options.omp_wait_policy)  # fmt: skip
     return BenchReport(
         config.to_dict(), mult_adds, options.threads,
         environment(options.threads, options.command, options.omp_wait_policy),

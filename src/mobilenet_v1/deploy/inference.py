@@ -42,6 +42,12 @@ def bf16_supported() -> bool:
     return bool(native()) if native is not None else False
 
 
+def vnni_supported() -> bool:
+    """True when the CPU has AVX-512 VNNI, the int32-accumulating u8×s8 dot product int8 kernels want."""
+    check = getattr(torch.cpu, "_is_vnni_supported", None)
+    return bool(check()) if check is not None else False
+
+
 def resolve_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
@@ -61,7 +67,7 @@ class InferenceModel(nn.Module):
         super().__init__()
         self.module = module
         self.precision = precision
-        self.dtype = module_dtype(precision)
+        self.dtype = _dtype(precision)
         self.channels_last = channels_last
         self.compiled = compiled
         self.fused = fused
@@ -69,8 +75,7 @@ class InferenceModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            fmt = torch.channels_last if self.channels_last and x.ndim == 4 else torch.contiguous_format
-            out = self.module(x.to(dtype=self.dtype, memory_format=fmt))
+            out = self.module(_prepare(x, self.dtype, self.channels_last))
             return out.float() if isinstance(out, torch.Tensor) else [o.float() for o in out]
 
     def extra_repr(self) -> str:
@@ -102,8 +107,8 @@ def optimize_for_inference(
         config = getattr(model, "config", None)
         size = config.resolution if config is not None else 224
         chans = config.in_chans if config is not None else 3
-        example = torch.zeros(1, chans, size, size, dtype=module_dtype(precision))
-        module = onednn.fuse_convolutions(module, example.contiguous(memory_format=_format(channels_last)))
+        example = _prepare(torch.zeros(1, chans, size, size), _dtype(precision), channels_last)
+        module = onednn.fuse_convolutions(module, example)
     if compile:
         # freezing turns parameters into constants so inductor can pre-pack conv weights for oneDNN and
         # fold the bias/ReLU epilogues; it requires inference (no grad), which forward() guarantees.
@@ -111,9 +116,11 @@ def optimize_for_inference(
     return InferenceModel(module, precision, channels_last, compile, fused).eval()
 
 
-def module_dtype(precision: str) -> torch.dtype:
+def _dtype(precision: str) -> torch.dtype:
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
-def _format(channels_last: bool) -> torch.memory_format:
-    return torch.channels_last if channels_last else torch.contiguous_format
+def _prepare(x: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
+    """The model's input in its dtype and layout: converted once here rather than by every layer."""
+    fmt = torch.channels_last if channels_last and x.ndim == 4 else torch.contiguous_format
+    return x.to(dtype=dtype, memory_format=fmt)

@@ -53,12 +53,11 @@ def default_reduce_range() -> bool:
     """True on x86 CPUs without VNNI, whose saturating u8×s8 dot product needs 7-bit weights (see above)."""
     import platform  # noqa: PLC0415
 
-    import torch  # noqa: PLC0415
+    from .inference import vnni_supported  # noqa: PLC0415
 
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
         return False  # ARM's dot-product instructions accumulate in int32: no saturation
-    has_vnni = getattr(torch.cpu, "_is_vnni_supported", None)
-    return not (has_vnni() if has_vnni is not None else False)
+    return not vnni_supported()
 
 
 def _method(name: str):
