@@ -30,6 +30,8 @@ BACKENDS = {b.name: b for b in [
     Backend("eager", "fp32", note="our MobileNetV1, eval, NCHW, inference_mode"),
     Backend("inference", "fp32", note="BN folded, channels_last, oneDNN conv+bias+ReLU fused, weights pre-packed"),
     Backend("inference-unfused", "fp32", note="BN folded, channels_last, inference_mode (no fusion)", default=False),
+    Backend("inference-untuned", "fp32", note="the fused path without the malloc tuning (keep_memory=False)",
+            default=False),
     Backend("inference-compile", "fp32", note="+ torch.compile (inductor, freezing)"),
     Backend("inference-bf16", "bf16", note="the same fused path in bf16 weights and activations"),
     Backend("inference-bf16-compile", "bf16", note="+ torch.compile (inductor, freezing)"),
@@ -42,6 +44,8 @@ BACKENDS = {b.name: b for b in [
     Backend("openvino-bf16", "bf16", ("onnx",), ("openvino",), note="our ONNX, INFERENCE_PRECISION_HINT=bf16"),
     Backend("openvino-int8", "int8", ("int8",), ("openvino",), note="our QDQ int8 ONNX, float parts f32"),
     Backend("timm-eager", "fp32", (), ("timm",), True, f"timm {TIMM_NAME}, eval, NCHW, inference_mode"),
+    Backend("timm-eager-tuned", "fp32", (), ("timm",), True,
+            "timm eager with the malloc tuning our inference path applies (MALLOC_* variables' effect)"),
     Backend("timm-compile", "fp32", (), ("timm",), True, "timm, channels_last + torch.compile (freezing)"),
     Backend("timm-ort-fp32", "fp32", ("timm_onnx",), ("timm", "onnxruntime"), True, "timm → ONNX → ORT"),
     Backend("timm-ort-int8", "int8", ("timm_int8",), ("timm", "onnxruntime"), True,
@@ -158,12 +162,18 @@ def build(job: Job, batch: int, threads: int):  # noqa: PLR0911 - one return per
         from ..deploy.inference import optimize_for_inference  # noqa: PLC0415
 
         precision = "bf16" if "bf16" in name else "fp32"
-        fast = optimize_for_inference(_our_model(job), precision=precision, compile=name.endswith("compile"),
-                                      fuse=not name.endswith("unfused"))  # fmt: skip
+        fast = optimize_for_inference(
+            _our_model(job), precision=precision, compile=name.endswith("compile"),
+            fuse=not name.endswith("unfused"), keep_memory=not name.endswith("untuned"),
+        )  # fmt: skip
         return lambda: fast(x)
     if name.startswith("mkldnn"):
         return _mkldnn_runner(_our_model(job), x, torch.bfloat16 if name.endswith("bf16") else torch.float32)
-    if name == "timm-eager":
+    if name.startswith("timm-eager"):
+        if name.endswith("tuned"):
+            from ..allocator import keep_freed_memory  # noqa: PLC0415
+
+            keep_freed_memory()
         return _torch_runner(_timm_model(job), x)
     if name == "timm-compile":
         return _torch_runner(_compiled(_timm_model(job)), x.to(memory_format=torch.channels_last))
