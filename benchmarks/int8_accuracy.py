@@ -28,7 +28,7 @@ from mobilenet_v1.deploy import bf16_supported, optimize_for_inference
 from mobilenet_v1.deploy.bias_correction import bias_correct
 from mobilenet_v1.deploy.calibration import batches, calibration_reader, list_images
 from mobilenet_v1.deploy.onnx_export import export_onnx, ort_session
-from mobilenet_v1.deploy.quantize import BIAS_CORRECTION_IMAGES, quantize_onnx
+from mobilenet_v1.deploy.quantize import BIAS_CORRECTION_IMAGES, default_reduce_range, quantize_onnx
 from mobilenet_v1.deploy.samples import fashion_mnist, photo_crops, photo_views
 
 CONFIDENT = 0.5  # fp32 top-1 probability above which a prediction is not a near-tie
@@ -82,16 +82,24 @@ def main(argv=None) -> int:
         if bf16_supported():  # a reference for how near-tied this set is: bf16 rounding alone flips some
             fast = optimize_for_inference(model, precision="bf16")
             variants["bf16 (PyTorch inference path)"] = logits_torch(fast, images, pre)[:, offset:]
-        corrected = bias_correct(model, np.concatenate(list(batches(calib[:BIAS_CORRECTION_IMAGES], pre))))
-        for name, source, per_channel in (
-            ("int8 per-channel + bias correction", corrected, True),
-            ("int8 per-channel", model, True),
-            ("int8 per-tensor", model, False),
+        bc_images = np.concatenate(list(batches(calib[:BIAS_CORRECTION_IMAGES], pre)))
+        # int8 weights are 7-bit on CPUs without VNNI (quantize.default_reduce_range); uint8 ones never are
+        result["int8_reduce_range"] = default_reduce_range()
+        for name, weight_type, corrected, per_channel in (
+            ("int8 per-channel + bias correction", "int8", True, True),
+            ("uint8 per-channel + bias correction", "uint8", True, True),
+            ("int8 per-channel", "int8", False, True),
+            ("int8 per-tensor", "int8", False, False),
         ):
             start = time.perf_counter()
+            reduce_range = default_reduce_range() if weight_type == "int8" else False
+            source = model
+            if corrected:
+                source = bias_correct(model, bc_images, per_channel, reduce_range=reduce_range, weight_type=weight_type)
             fp32, path = Path(work) / f"{len(variants)}.onnx", Path(work) / f"{len(variants)}.int8.onnx"
             export_onnx(source, fp32)
-            quantize_onnx(fp32, path, calibration_reader(calib, pre, limit=None), per_channel, args.method)
+            quantize_onnx(fp32, path, calibration_reader(calib, pre, limit=None), per_channel, args.method,
+                          reduce_range=reduce_range, weight_type=weight_type)  # fmt: skip
             variants[name] = logits_onnx(path, images, pre)[:, offset:]
             result.setdefault("quantize_seconds", {})[name] = round(time.perf_counter() - start, 1)
     top1 = ref.argmax(1)

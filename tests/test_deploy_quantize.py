@@ -78,17 +78,21 @@ def test_bf16_inference_path_agrees_on_real_images(trained):
     assert (got == want).float().mean().item() >= 0.98
 
 
-def test_int8_export_keeps_accuracy_and_runs_with_dynamic_batch(trained, calibration_dir, tmp_path):
+@pytest.mark.parametrize("weight_type", ["int8", "uint8"])
+def test_int8_export_keeps_accuracy_and_runs_with_dynamic_batch(weight_type, trained, calibration_dir, tmp_path):
     model_dir, model, x, y = trained
     out = tmp_path / "int8.onnx"
     argv = ["export", str(model_dir), "--int8", "--calibration", str(calibration_dir), "-o", str(out)]
+    argv += ["--weight-type", weight_type]
     assert main(argv) == 0
     proto = onnx.load(str(out))
     ops = {n.op_type for n in proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ format
     meta = read_metadata(out)
-    assert meta["quantization"]["weights"] == "int8 per-channel" and meta["quantization"]["calibration_images"] == 300
-    assert meta["quantization"]["reduce_range"] == default_reduce_range()  # 7-bit weights where there is no VNNI
+    assert meta["quantization"]["weights"] == f"{weight_type} per-channel"
+    assert meta["quantization"]["calibration_images"] == 300
+    # 7-bit int8 weights where there is no VNNI; uint8 weights (u8×u8 kernels) don't saturate and stay 8-bit
+    assert meta["quantization"]["reduce_range"] == (default_reduce_range() if weight_type == "int8" else False)
     assert meta["class_names"][0] == "T-shirt/top" and meta["preprocessing"]["grayscale"] is True
     session = ort_session(out)
     for batch in (1, 7):
@@ -129,18 +133,23 @@ class _RandomReader:
         return next(self.batches, None)
 
 
+@pytest.mark.parametrize("weight_type", ["int8", "uint8"])
 @pytest.mark.parametrize("reduce_range", [False, True])
-def test_bias_correction_rounds_weights_as_onnx_runtime_does(reduce_range, tmp_path):
+def test_bias_correction_rounds_weights_as_onnx_runtime_does(reduce_range, weight_type, tmp_path):
     """int8_weight (what bias correction compensates) against the weights ONNX Runtime actually stores."""
     from onnx import numpy_helper
 
     from mobilenet_v1 import MobileNetV1, ModelConfig
-    from mobilenet_v1.deploy.bias_correction import int8_weight
+    from mobilenet_v1.deploy.bias_correction import WEIGHT_GRIDS, int8_weight
 
     model = MobileNetV1(config=ModelConfig(width_multiplier=0.25, resolution=32, num_classes=10)).eval()
     export_onnx(model, tmp_path / "fp32.onnx")
     quantize_onnx(
-        tmp_path / "fp32.onnx", tmp_path / "int8.onnx", _RandomReader((2, 3, 32, 32)), reduce_range=reduce_range
+        tmp_path / "fp32.onnx",
+        tmp_path / "int8.onnx",
+        _RandomReader((2, 3, 32, 32)),
+        reduce_range=reduce_range,
+        weight_type=weight_type,
     )
     fp32 = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "fp32.onnx")).graph.initializer}
     q = onnx.load(str(tmp_path / "int8.onnx"))
@@ -150,9 +159,14 @@ def test_bias_correction_rounds_weights_as_onnx_runtime_does(reduce_range, tmp_p
         name = node.input[0]
         if node.op_type != "DequantizeLinear" or not name.endswith("_quantized") or init[name].ndim != 4:
             continue
-        stored = init[name].astype(np.float32) * init[node.input[1]].reshape(-1, 1, 1, 1)
-        want = int8_weight(torch.from_numpy(fp32[name.removesuffix("_quantized")].copy()), True, reduce_range).numpy()
-        assert np.abs(init[name]).max() <= (64 if reduce_range else 127)
+        q_weight, zero = init[name].astype(np.float32), init[node.input[2]].astype(np.float32).reshape(-1, 1, 1, 1)
+        stored = (q_weight - zero) * init[node.input[1]].reshape(-1, 1, 1, 1)
+        w = torch.from_numpy(fp32[name.removesuffix("_quantized")].copy())
+        want = int8_weight(w, True, reduce_range, weight_type).numpy()
+        qmin, qmax = WEIGHT_GRIDS[weight_type, reduce_range]
+        assert init[name].dtype == np.dtype(weight_type)
+        assert np.abs(q_weight - zero).max() <= (qmax - qmin) / 2 + 0.5  # the grid's half-width, rounded
+        assert (zero == round((qmin + qmax) / 2)).all()
         np.testing.assert_allclose(stored, want, rtol=1e-6, atol=1e-7)
         checked += 1
     assert checked == 27  # every convolution of Table 1

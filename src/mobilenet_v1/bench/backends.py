@@ -19,7 +19,7 @@ TIMM_NAME = "mobilenetv1_100"  # timm's MobileNet-V1 at α = 1 (the peer), built
 class Backend:
     name: str
     precision: str
-    needs: tuple[str, ...] = ()  # artifacts: onnx, int8, timm_onnx, timm_int8
+    needs: tuple[str, ...] = ()  # artifacts: onnx, int8, int8_uint8, timm_onnx, timm_int8
     requires: tuple[str, ...] = ()  # importable modules
     peer: bool = False
     note: str = ""
@@ -40,6 +40,8 @@ BACKENDS = {b.name: b for b in [
     Backend("mkldnn-bf16", "bf16", note="the same in bf16", default=False),
     Backend("ort-fp32", "fp32", ("onnx",), ("onnxruntime",), note="our ONNX export, ORT_ENABLE_ALL"),
     Backend("ort-int8", "int8", ("int8",), ("onnxruntime",), note="our static QDQ int8 (per-channel) in ORT"),
+    Backend("ort-int8-uint8", "int8", ("int8_uint8",), ("onnxruntime",), default=False,
+            note="the same with uint8 weights (ORT's u8×u8 kernels: full 8-bit weights, no saturation)"),
     Backend("openvino-fp32", "fp32", ("onnx",), ("openvino",), note="our ONNX, INFERENCE_PRECISION_HINT=f32"),
     Backend("openvino-bf16", "bf16", ("onnx",), ("openvino",), note="our ONNX, INFERENCE_PRECISION_HINT=bf16"),
     Backend("openvino-int8", "int8", ("int8",), ("openvino",), note="our QDQ int8 ONNX, float parts f32"),

@@ -88,7 +88,7 @@ def prepare_files(needs: set[str], config: ModelConfig, options: BenchOptions, w
 
     files: dict[str, str] = {}
     job = Job("", config.to_dict(), options.model_dir)
-    if needs & {"onnx", "int8"}:
+    if needs & {"onnx", "int8", "int8_uint8"}:
         model = _our_model(job)
         export_onnx(model, work / "ours.onnx")
         files["onnx"] = str(work / "ours.onnx")
@@ -97,11 +97,12 @@ def prepare_files(needs: set[str], config: ModelConfig, options: BenchOptions, w
 
         export_timm_onnx(_timm_model(job), work / "timm.onnx")
         files["timm_onnx"] = str(work / "timm.onnx")
-    for fp32, int8 in (("onnx", "int8"), ("timm_onnx", "timm_int8")):
+    for fp32, int8, weight_type in (("onnx", "int8", "int8"), ("onnx", "int8_uint8", "uint8"),
+                                    ("timm_onnx", "timm_int8", "int8")):  # fmt: skip
         if int8 in needs:
             reader = calibration_reader(calibration_images(options, config), _preprocessing(job), "input",
                                         limit=options.calibration_images)  # fmt: skip
-            quantize_onnx(files[fp32], work / f"{int8}.onnx", reader, per_channel=True)
+            quantize_onnx(files[fp32], work / f"{int8}.onnx", reader, per_channel=True, weight_type=weight_type)
             files[int8] = str(work / f"{int8}.onnx")
     return files
 

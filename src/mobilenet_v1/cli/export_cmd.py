@@ -32,6 +32,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="7-bit int8 weights, for x86 CPUs without VNNI whose u8×s8 dot product saturates "
         "(auto: on exactly when this CPU has no VNNI)",
     )
+    p.add_argument(
+        "--weight-type",
+        choices=("int8", "uint8"),
+        default="int8",
+        help="int8 weights (u8×s8, fastest) or uint8 (ONNX Runtime's u8×u8: full 8-bit weights without "
+        "saturation on CPUs without VNNI, more accurate there and ~1.3× slower)",
+    )
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
     p.add_argument("--json", action="store_true", help="print the export report as one JSON object")
 
@@ -57,8 +64,10 @@ def run(args: argparse.Namespace) -> int:
         report = export_int8(model, args.output, args.calibration, per_channel=not args.per_tensor,
                              method=args.calibration_method, limit=args.calibration_images,
                              bias_correction=not args.no_bias_correction,
-                             reduce_range={"auto": None, "on": True, "off": False}[args.reduce_range])  # fmt: skip
-        weights = ("per-channel" if report.per_channel else "per-tensor") + (" 7-bit" if report.reduce_range else "")
+                             reduce_range={"auto": None, "on": True, "off": False}[args.reduce_range],
+                             weight_type=args.weight_type)  # fmt: skip
+        weights = (("per-channel" if report.per_channel else "per-tensor") + (" 7-bit" if report.reduce_range else "")
+                   + (" uint8" if report.weight_type == "uint8" else ""))  # fmt: skip
         summary = (f"wrote {report.path}: int8 QDQ ({weights} "
                    f"weights, {report.method} calibration on {report.calibration_images} images), "
                    f"{report.size_bytes / 1e6:.2f} MB (fp32 {report.fp32_size_bytes / 1e6:.2f} MB); "

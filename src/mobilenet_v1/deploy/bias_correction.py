@@ -18,21 +18,32 @@ from torch.func import functional_call
 
 from .fold import fold_bn
 
+# The integer grids ONNX Runtime rounds symmetric weights to (quant_utils.get_qmin_qmax_for_qType), by
+# weight type and reduce_range. uint8 weights sit around a zero point of 128 (64 with reduce_range).
+WEIGHT_GRIDS = {("int8", False): (-127, 127), ("int8", True): (-64, 64),
+                ("uint8", False): (0, 255), ("uint8", True): (0, 127)}  # fmt: skip
+DTYPE_RANGES = {"int8": (-128, 127), "uint8": (0, 255)}  # ORT clips the rounded values to these
 
-def int8_weight(w: torch.Tensor, per_channel: bool, reduce_range: bool = False) -> torch.Tensor:
-    """``w`` after symmetric int8 rounding as ONNX Runtime does it (scale = max|w| / 127, round half to even).
 
-    ``reduce_range``: ORT's 7-bit weights for CPUs without VNNI (levels ±64 instead of ±127).
+def int8_weight(
+    w: torch.Tensor, per_channel: bool, reduce_range: bool = False, weight_type: str = "int8"
+) -> torch.Tensor:
+    """``w`` after ONNX Runtime's symmetric 8-bit weight rounding (round half to even), back in float.
+
+    scale = 2·max|w| / (qmax − qmin) and zero point round((qmin + qmax) / 2), as ``compute_scale_zp`` does:
+    int8 → ±127 levels (±64 with ``reduce_range``, ORT's 7-bit weights for CPUs without VNNI);
+    uint8 → 0…255 around 128 (0…127 around 64; the largest weight may round to 128, which ORT keeps).
     """
-    levels = 64.0 if reduce_range else 127.0
+    qmin, qmax = WEIGHT_GRIDS[weight_type, reduce_range]
+    zero = round((qmin + qmax) / 2)
     peak = w.abs().amax(dim=tuple(range(1, w.ndim)), keepdim=True) if per_channel else w.abs().max()
-    scale = torch.where(peak > 0, peak / levels, torch.ones_like(peak))
-    return torch.round(w / scale).clamp(-levels, levels) * scale
+    scale = torch.where(peak > 0, 2 * peak / (qmax - qmin), torch.ones_like(peak))
+    return (torch.round(w / scale) + zero).clamp(*DTYPE_RANGES[weight_type]).sub(zero) * scale
 
 
 @torch.no_grad()
 def bias_correct(model: nn.Module, images: np.ndarray | torch.Tensor, per_channel: bool = True,
-                 batch_size: int = 32, reduce_range: bool = False) -> nn.Module:  # fmt: skip
+                 batch_size: int = 32, reduce_range: bool = False, weight_type: str = "int8") -> nn.Module:  # fmt: skip
     """A BN-folded copy of ``model`` whose conv biases cancel the mean output error of int8 weights.
 
     ``images``: preprocessed calibration inputs (N, C, H, W); ~100 suffice, the means converge fast.
@@ -42,7 +53,7 @@ def bias_correct(model: nn.Module, images: np.ndarray | torch.Tensor, per_channe
     convs = {n: m for n, m in folded.named_modules() if isinstance(m, nn.Conv2d)}
     offsets = {n: torch.zeros(m.out_channels, dtype=torch.float64) for n, m in convs.items()}
     counts = dict.fromkeys(convs, 0)
-    errors = {n: int8_weight(m.weight, per_channel, reduce_range) - m.weight for n, m in convs.items()}
+    errors = {n: int8_weight(m.weight, per_channel, reduce_range, weight_type) - m.weight for n, m in convs.items()}
     busy: list[str] = []
 
     def hook(name):
