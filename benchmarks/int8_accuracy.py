@@ -28,7 +28,7 @@ from mobilenet_v1.deploy import bf16_supported, optimize_for_inference
 from mobilenet_v1.deploy.bias_correction import bias_correct
 from mobilenet_v1.deploy.calibration import batches, calibration_reader, list_images
 from mobilenet_v1.deploy.onnx_export import export_onnx, ort_session
-from mobilenet_v1.deploy.quantize import BIAS_CORRECTION_IMAGES, default_reduce_range, quantize_onnx
+from mobilenet_v1.deploy.quantize import BIAS_CORRECTION_IMAGES, quantize_onnx, resolve_reduce_range
 from mobilenet_v1.deploy.samples import fashion_mnist, photo_crops, photo_views
 
 CONFIDENT = 0.5  # fp32 top-1 probability above which a prediction is not a near-tie
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
             variants["bf16 (PyTorch inference path)"] = logits_torch(fast, images, pre)[:, offset:]
         bc_images = np.concatenate(list(batches(calib[:BIAS_CORRECTION_IMAGES], pre)))
         # int8 weights are 7-bit on CPUs without VNNI (quantize.default_reduce_range); uint8 ones never are
-        result["int8_reduce_range"] = default_reduce_range()
+        result["int8_reduce_range"] = resolve_reduce_range(None, "int8")
         for name, weight_type, corrected, per_channel in (
             ("int8 per-channel + bias correction", "int8", True, True),
             ("uint8 per-channel + bias correction", "uint8", True, True),
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
             ("int8 per-tensor", "int8", False, False),
         ):
             start = time.perf_counter()
-            reduce_range = default_reduce_range() if weight_type == "int8" else False
+            reduce_range = resolve_reduce_range(None, weight_type)
             source = model
             if corrected:
                 source = bias_correct(model, bc_images, per_channel, reduce_range=reduce_range, weight_type=weight_type)

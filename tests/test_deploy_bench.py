@@ -26,7 +26,8 @@ def test_summarize_is_median_of_round_medians_with_p90_and_spread():
 
 def test_smoke_bench_report_values(tmp_path):
     options = BenchOptions(width_multiplier=0.25, resolution=64, batches=[1, 2], rounds=2, iters=2,
-                           backends=["eager", "inference", "ort-fp32", "ort-int8"], calibration_images=16)  # fmt: skip
+                           backends=["eager", "inference", "ort-fp32", "ort-int8", "ort-int8-uint8"],
+                           calibration_images=16)  # fmt: skip
     report = run_bench(options)
     data = json.loads(report.to_json())
     mult_adds = cost_of(ModelConfig(0.25, 64)).mult_adds
@@ -39,7 +40,7 @@ def test_smoke_bench_report_values(tmp_path):
         assert t.gflops == pytest.approx(2 * mult_adds * t.batch / (t.median_ms / 1e3) / 1e9)
         assert t.images_per_s == pytest.approx(t.batch / (t.median_ms / 1e3))
         assert t.peak_share == pytest.approx(t.gflops / peaks[t.precision])
-    assert report.timing("ort-int8", 1).precision == "int8"
+    assert report.timing("ort-int8", 1).precision == "int8" and report.timing("ort-int8-uint8", 2).precision == "int8"
     assert len(report.load_before) == 3 and report.env["threads"] == 2
     assert "| ort-int8 | int8 | 1 |" in markdown(report)
 

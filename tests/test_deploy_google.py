@@ -71,7 +71,8 @@ def test_uint8_weights_are_as_good_as_int8_ones(google):
 
 
 @pytest.mark.xfail(
-    strict=True, reason="issue 5 asks >= 95%; post-training int8 measures 91% (Zen 5) and 85% (Zen 3); BENCHMARKS.md"
+    strict=True,
+    reason="issue 5 asks >= 95%; post-training int8 measures 91% (Zen 5), 85% / 90% with uint8 weights (Zen 3)",
 )
 def test_int8_agreement_reaches_the_issues_95_percent(google):
-    assert google["per-channel + bias correction"] >= 95.0, google
+    assert max(google["per-channel + bias correction"], google["uint8 weights"]) >= 95.0, google

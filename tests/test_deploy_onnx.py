@@ -101,4 +101,6 @@ def test_cli_bad_inputs_are_one_line_and_write_nothing(model_dir, tmp_path, caps
     assert "no such directory" in err
     err = _one_line_error(capsys, ["export", str(model_dir), "--int8", "-o", str(out)])
     assert "--int8 needs --calibration" in err
+    err = _one_line_error(capsys, ["export", str(model_dir), "--weight-type", "uint8", "-o", str(out)])
+    assert "only used with --int8" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]

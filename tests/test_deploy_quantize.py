@@ -136,11 +136,11 @@ class _RandomReader:
 @pytest.mark.parametrize("weight_type", ["int8", "uint8"])
 @pytest.mark.parametrize("reduce_range", [False, True])
 def test_bias_correction_rounds_weights_as_onnx_runtime_does(reduce_range, weight_type, tmp_path):
-    """int8_weight (what bias correction compensates) against the weights ONNX Runtime actually stores."""
+    """rounded_weight (what bias correction compensates) against the weights ONNX Runtime actually stores."""
     from onnx import numpy_helper
 
     from mobilenet_v1 import MobileNetV1, ModelConfig
-    from mobilenet_v1.deploy.bias_correction import WEIGHT_GRIDS, int8_weight
+    from mobilenet_v1.deploy.bias_correction import WEIGHT_GRIDS, rounded_weight
 
     model = MobileNetV1(config=ModelConfig(width_multiplier=0.25, resolution=32, num_classes=10)).eval()
     export_onnx(model, tmp_path / "fp32.onnx")
@@ -162,7 +162,7 @@ def test_bias_correction_rounds_weights_as_onnx_runtime_does(reduce_range, weigh
         q_weight, zero = init[name].astype(np.float32), init[node.input[2]].astype(np.float32).reshape(-1, 1, 1, 1)
         stored = (q_weight - zero) * init[node.input[1]].reshape(-1, 1, 1, 1)
         w = torch.from_numpy(fp32[name.removesuffix("_quantized")].copy())
-        want = int8_weight(w, True, reduce_range, weight_type).numpy()
+        want = rounded_weight(w, True, reduce_range, weight_type).numpy()
         qmin, qmax = WEIGHT_GRIDS[weight_type, reduce_range]
         assert init[name].dtype == np.dtype(weight_type)
         assert np.abs(q_weight - zero).max() <= (qmax - qmin) / 2 + 0.5  # the grid's half-width, rounded

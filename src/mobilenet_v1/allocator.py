@@ -10,7 +10,7 @@ the heap, where the next step reuses them. Measured here (`BENCHMARKS.md`): +16�
 This is the effect of glibc's documented ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` /
 ``MALLOC_TOP_PAD_`` environment variables, applied with ``mallopt(3)`` at run time. It changes the whole
 process (memory is held for reuse rather than returned), which is why only the trainer and the inference path
-(``deploy.optimize_for_inference(keep_memory=True)``, where batch 32 at 224 ran 1.7× faster with it) call it.
+(``deploy.optimize_for_inference(keep_memory=True)``, where batch 32 at 224 ran 714 → 459 ms with it) call it.
 """
 
 from __future__ import annotations

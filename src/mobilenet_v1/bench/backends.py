@@ -175,7 +175,8 @@ def build(job: Job, batch: int, threads: int):  # noqa: PLR0911 - one return per
         if name.endswith("tuned"):
             from ..allocator import keep_freed_memory  # noqa: PLC0415
 
-            keep_freed_memory()
+            if not keep_freed_memory():
+                raise RuntimeError("malloc tuning needs glibc (Linux)")
         return _torch_runner(_timm_model(job), x)
     if name == "timm-compile":
         return _torch_runner(_compiled(_timm_model(job)), x.to(memory_format=torch.channels_last))

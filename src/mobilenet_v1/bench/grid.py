@@ -68,7 +68,7 @@ def _files(backend: str, name: str, config, work: Path) -> dict[str, str]:
     if not needs:
         return {}
     if needs - {"onnx", "int8"}:
-        raise ValueError(f"--grid runs our models only; {backend} is a peer")
+        raise ValueError(f"--grid runs our fp32 models and default int8 exports only; not {backend}")
     from ..deploy.onnx_export import export_onnx  # noqa: PLC0415
     from ..model import MobileNetV1  # noqa: PLC0415
 

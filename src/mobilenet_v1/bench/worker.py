@@ -19,6 +19,9 @@ import numpy as np
 from .backends import Job, build
 
 WARMUP_ITERS = 3
+# Before each timed round too (at least 2 runs and 50 ms): the worker timed just before may leave threads
+# spinning for a while (ONNX Runtime's pool and OpenMP both spin before they sleep), and its data in the caches.
+ROUND_WARMUP_ITERS, ROUND_WARMUP_S = 2, 0.05
 
 
 @contextlib.contextmanager
@@ -62,6 +65,10 @@ def _serve(conn, jobs: list[Job], batches: list[int], threads: int) -> None:
             return
         _, j, batch, iters = msg
         run, times = runners[j, batch], []
+        start, warm = time.perf_counter(), 0
+        while warm < ROUND_WARMUP_ITERS or time.perf_counter() - start < ROUND_WARMUP_S:
+            run()
+            warm += 1
         for _ in range(iters):
             start = time.perf_counter()
             run()

@@ -24,9 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resolution", type=int, default=224, help="input resolution; ρ = resolution/224")
     p.add_argument("--model-dir", help="benchmark a saved model (its config overrides --alpha/--resolution)")
     p.add_argument("--batch", type=_ints, default=[1, 32], help="batch sizes, comma-separated (default 1,32)")
-    p.add_argument("--backends", default=None,
-                   help="comma-separated; default: all of ours (eager, inference*, ort-*, openvino-*); "
-                        "peers: timm-eager, timm-compile, timm-ort-*, timm-openvino-*, keras-torch")  # fmt: skip
+    ours = "eager, inference*, ort-*, openvino-*"
+    peers = "timm-eager[-tuned], timm-compile, timm-ort-*, timm-openvino-*, keras-torch"
+    p.add_argument("--backends", default=None, help=f"comma-separated; default: all of ours ({ours}); peers: {peers}")
     p.add_argument("--threads", type=int, default=2, help="threads for every engine (default 2)")
     p.add_argument("--rounds", type=int, default=6, help="interleaved rounds (default 6)")
     p.add_argument("--iters", type=int, default=5, help="timed iterations per round (default 5)")

@@ -29,8 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--reduce-range",
         choices=("auto", "on", "off"),
         default="auto",
-        help="7-bit int8 weights, for x86 CPUs without VNNI whose u8×s8 dot product saturates "
-        "(auto: on exactly when this CPU has no VNNI)",
+        help="7-bit weights, for x86 CPUs without VNNI whose u8×s8 dot product saturates "
+        "(auto: on for int8 weights when this CPU has no VNNI, off for uint8 ones, which don't saturate)",
     )
     p.add_argument(
         "--weight-type",
@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--int8 needs --calibration DIR (a directory of real images)")
     if args.calibration and not args.int8:
         raise ValueError("--calibration is only used with --int8")
+    if not args.int8 and (args.weight_type != "int8" or args.reduce_range != "auto"):
+        raise ValueError("--weight-type and --reduce-range are only used with --int8")
     from ..checkpoint import from_pretrained  # noqa: PLC0415 - keep `mobilenet-v1 --help` fast
     from ..deploy.calibration import list_images  # noqa: PLC0415
 

@@ -19,13 +19,14 @@ from torch.func import functional_call
 from .fold import fold_bn
 
 # The integer grids ONNX Runtime rounds symmetric weights to (quant_utils.get_qmin_qmax_for_qType), by
-# weight type and reduce_range. uint8 weights sit around a zero point of 128 (64 with reduce_range).
+# weight type and reduce_range. uint8 weights sit around a zero point of 128 (64 with reduce_range). ORT's own
+# default for uint8 weights is asymmetric: this holds because quantize_onnx passes WeightSymmetric=True.
 WEIGHT_GRIDS = {("int8", False): (-127, 127), ("int8", True): (-64, 64),
                 ("uint8", False): (0, 255), ("uint8", True): (0, 127)}  # fmt: skip
 DTYPE_RANGES = {"int8": (-128, 127), "uint8": (0, 255)}  # ORT clips the rounded values to these
 
 
-def int8_weight(
+def rounded_weight(
     w: torch.Tensor, per_channel: bool, reduce_range: bool = False, weight_type: str = "int8"
 ) -> torch.Tensor:
     """``w`` after ONNX Runtime's symmetric 8-bit weight rounding (round half to even), back in float.
@@ -42,18 +43,24 @@ def int8_weight(
 
 
 @torch.no_grad()
-def bias_correct(model: nn.Module, images: np.ndarray | torch.Tensor, per_channel: bool = True,
-                 batch_size: int = 32, reduce_range: bool = False, weight_type: str = "int8") -> nn.Module:  # fmt: skip
-    """A BN-folded copy of ``model`` whose conv biases cancel the mean output error of int8 weights.
+def bias_correct(model: nn.Module, images: np.ndarray | torch.Tensor, per_channel: bool = True, batch_size: int = 32,
+                 reduce_range: bool | None = None, weight_type: str = "int8") -> nn.Module:  # fmt: skip
+    """A BN-folded copy of ``model`` whose conv biases cancel the mean output error of 8-bit weights.
+
+    ``weight_type`` ("int8" or "uint8") and ``reduce_range`` (None: this CPU's default, as
+    :func:`~mobilenet_v1.deploy.quantize.resolve_reduce_range`) must be those the export will use.
 
     ``images``: preprocessed calibration inputs (N, C, H, W); ~100 suffice, the means converge fast.
     """
+    from .quantize import resolve_reduce_range  # noqa: PLC0415 - quantize imports this module lazily too
+
+    reduce_range = resolve_reduce_range(reduce_range, weight_type)
     folded = fold_bn(model)
     x = torch.as_tensor(np.asarray(images), dtype=torch.float32)
     convs = {n: m for n, m in folded.named_modules() if isinstance(m, nn.Conv2d)}
     offsets = {n: torch.zeros(m.out_channels, dtype=torch.float64) for n, m in convs.items()}
     counts = dict.fromkeys(convs, 0)
-    errors = {n: int8_weight(m.weight, per_channel, reduce_range, weight_type) - m.weight for n, m in convs.items()}
+    errors = {n: rounded_weight(m.weight, per_channel, reduce_range, weight_type) - m.weight for n, m in convs.items()}
     busy: list[str] = []
 
     def hook(name):

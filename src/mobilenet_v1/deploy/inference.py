@@ -17,8 +17,9 @@ What it does, and why each step pays on a CPU:
   PyTorch's CPU allocator is plain malloc, and glibc hands every block above 32 MiB (a batch-32 activation
   map at 224 is 51–103 MB) back to the kernel when it is freed, so each call re-faults its largest buffers
   page by page. ONNX Runtime and OpenVINO keep a memory arena for the same reason. This tunes glibc's
-  malloc *process-wide* (as ``MALLOC_MMAP_THRESHOLD_`` etc. would): batch 32 on the 2-core Zen 3,
-  762 → 445 ms; batch 1 is unaffected (its buffers are small enough to stay in the heap anyway).
+  malloc *process-wide* and for the rest of the process (as ``MALLOC_MMAP_THRESHOLD_`` etc. would): batch 32
+  on the 2-core Zen 3, 714 → 459 ms (``BENCHMARKS.md``); batch 1 is unaffected (its buffers stay in the heap
+  anyway).
 
     from mobilenet_v1.deploy import optimize_for_inference
     fast = optimize_for_inference(model, precision="auto", compile=True)
@@ -101,7 +102,8 @@ def optimize_for_inference(
     ``fuse``: conv + bias + activation as one pre-packed oneDNN call (where oneDNN is available; ignored
     with ``compile``, whose freezing pass does the same fusion itself). ``keep_memory``: tune this process's
     malloc to reuse freed activation buffers (:func:`~mobilenet_v1.allocator.keep_freed_memory`; it holds
-    up to 2 GiB of freed heap for reuse instead of returning it). The input ``model`` is not modified.
+    up to 2 GiB of freed heap for reuse instead of returning it). It is process-wide and stays: ``False``
+    only skips it, it does not undo an earlier call. The input ``model`` is not modified.
     fp32 outputs match the original model to ~1e-5 (folding and fusion reassociate float arithmetic;
     nothing else changes numerics); bf16 outputs differ by bf16 rounding.
     """
