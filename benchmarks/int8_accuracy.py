@@ -91,15 +91,12 @@ def main(argv=None) -> int:
             ("int8 per-channel", "int8", False, True),
             ("int8 per-tensor", "int8", False, False),
         ):
-            start = time.perf_counter()
-            reduce_range = resolve_reduce_range(None, weight_type)
-            source = model
-            if corrected:
-                source = bias_correct(model, bc_images, per_channel, reduce_range=reduce_range, weight_type=weight_type)
+            start = time.perf_counter()  # reduce_range: both steps resolve this CPU's default for the weight type
+            source = bias_correct(model, bc_images, per_channel, weight_type=weight_type) if corrected else model
             fp32, path = Path(work) / f"{len(variants)}.onnx", Path(work) / f"{len(variants)}.int8.onnx"
             export_onnx(source, fp32)
             quantize_onnx(fp32, path, calibration_reader(calib, pre, limit=None), per_channel, args.method,
-                          reduce_range=reduce_range, weight_type=weight_type)  # fmt: skip
+                          weight_type=weight_type)  # fmt: skip
             variants[name] = logits_onnx(path, images, pre)[:, offset:]
             result.setdefault("quantize_seconds", {})[name] = round(time.perf_counter() - start, 1)
     top1 = ref.argmax(1)

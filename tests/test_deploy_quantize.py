@@ -140,7 +140,8 @@ def test_bias_correction_rounds_weights_as_onnx_runtime_does(reduce_range, weigh
     from onnx import numpy_helper
 
     from mobilenet_v1 import MobileNetV1, ModelConfig
-    from mobilenet_v1.deploy.bias_correction import WEIGHT_GRIDS, rounded_weight
+    from mobilenet_v1.deploy.bias_correction import rounded_weight
+    from mobilenet_v1.deploy.quantize import WEIGHT_GRIDS
 
     model = MobileNetV1(config=ModelConfig(width_multiplier=0.25, resolution=32, num_classes=10)).eval()
     export_onnx(model, tmp_path / "fp32.onnx")

@@ -17,13 +17,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .fold import fold_bn
-
-# The integer grids ONNX Runtime rounds symmetric weights to (quant_utils.get_qmin_qmax_for_qType), by
-# weight type and reduce_range. uint8 weights sit around a zero point of 128 (64 with reduce_range). ORT's own
-# default for uint8 weights is asymmetric: this holds because quantize_onnx passes WeightSymmetric=True.
-WEIGHT_GRIDS = {("int8", False): (-127, 127), ("int8", True): (-64, 64),
-                ("uint8", False): (0, 255), ("uint8", True): (0, 127)}  # fmt: skip
-DTYPE_RANGES = {"int8": (-128, 127), "uint8": (0, 255)}  # ORT clips the rounded values to these
+from .quantize import DTYPE_RANGES, WEIGHT_GRIDS, resolve_reduce_range
 
 
 def rounded_weight(
@@ -48,12 +42,10 @@ def bias_correct(model: nn.Module, images: np.ndarray | torch.Tensor, per_channe
     """A BN-folded copy of ``model`` whose conv biases cancel the mean output error of 8-bit weights.
 
     ``weight_type`` ("int8" or "uint8") and ``reduce_range`` (None: this CPU's default, as
-    :func:`~mobilenet_v1.deploy.quantize.resolve_reduce_range`) must be those the export will use.
+    :func:`~.quantize.resolve_reduce_range`) must be those the export will use.
 
     ``images``: preprocessed calibration inputs (N, C, H, W); ~100 suffice, the means converge fast.
     """
-    from .quantize import resolve_reduce_range  # noqa: PLC0415 - quantize imports this module lazily too
-
     reduce_range = resolve_reduce_range(reduce_range, weight_type)
     folded = fold_bn(model)
     x = torch.as_tensor(np.asarray(images), dtype=torch.float32)

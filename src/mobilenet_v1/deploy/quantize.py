@@ -31,7 +31,13 @@ from ..checkpoint import atomic_path
 from .onnx_export import INPUT_NAME, META_PREFIX, OUTPUT_NAME, export_onnx, ort_session
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-WEIGHT_TYPES = ("int8", "uint8")
+# The integer grids ONNX Runtime rounds symmetric weights to (quant_utils.get_qmin_qmax_for_qType), by
+# weight type and reduce_range. uint8 weights sit around a zero point of 128 (64 with reduce_range). ORT's own
+# default for uint8 weights is asymmetric: this holds because quantize_onnx below passes WeightSymmetric=True.
+WEIGHT_GRIDS = {("int8", False): (-127, 127), ("int8", True): (-64, 64),
+                ("uint8", False): (0, 255), ("uint8", True): (0, 127)}  # fmt: skip
+DTYPE_RANGES = {"int8": (-128, 127), "uint8": (0, 255)}  # ORT clips the rounded values to these
+WEIGHT_TYPES = tuple(DTYPE_RANGES)
 # The classifier stays float: quantizing its output puts 1000 logits on 256 levels, so near-ties round to
 # equal values and top-1 flips; it is 0.18% of the Mult-Adds (Table 2), so keeping it costs nothing.
 KEEP_FLOAT = ("Gemm",)
