@@ -5,8 +5,10 @@
 
 ``--data fashion-mnist``: the 10,000 test images (labels); calibration on 300 training images 50000-50299.
 ``--data photos``: 100 fixed views of the 10 photographs bundled with scikit-image/scikit-learn/matplotlib;
-calibration on 300 random crops of them (seed 0). ``--data photo-crops``: 500 random crops (seed 1)
-instead. ``--data DIR``: any image directory, calibration on ``--calibration DIR``.
+calibration on 300 random crops of them (seed 0). ``--data photos-holdout``: calibrate (and fine-tune) on
+300 crops of photos 0-4 only and evaluate on the 50 views of photos 5-9, which nothing has seen.
+``--qat-steps N`` adds variants fine-tuned through the simulated int8 graph (``deploy/qat.py``) for N steps.
+``--data photo-crops``: 500 random crops (seed 1) instead. ``--data DIR``: any image directory, calibration on ``--calibration DIR``.
 Prints one JSON object (and writes it with ``--out``).
 """
 
@@ -28,6 +30,7 @@ from mobilenet_v1.deploy import bf16_supported, optimize_for_inference
 from mobilenet_v1.deploy.bias_correction import bias_correct
 from mobilenet_v1.deploy.calibration import batches, calibration_reader, list_images
 from mobilenet_v1.deploy.onnx_export import export_onnx, ort_session
+from mobilenet_v1.deploy.qat import DEFAULT_LR, qat_finetune
 from mobilenet_v1.deploy.quantize import BIAS_CORRECTION_IMAGES, quantize_onnx, resolve_reduce_range
 from mobilenet_v1.deploy.samples import fashion_mnist, photo_crops, photo_views
 
@@ -45,6 +48,13 @@ def datasets(kind: str, calibration: str | None):
         return [Image.fromarray(a) for a in test], labels, calib, "Fashion-MNIST test (10,000), calibration: 300 train"
     if kind == "photos":
         return photo_views(256), None, photo_crops(300, 256, seed=0), PHOTOS_DESCRIBED
+    if kind == "photos-holdout":  # nothing of the evaluation photos is seen by calibration or fine-tuning
+        return (
+            photo_views(256, which=range(5, 10)),
+            None,
+            photo_crops(300, 256, seed=0, which=range(5)),
+            "50 views of photos 5-9 (photo_views); calibration and QAT: 300 random crops of photos 0-4 (seed 0)",
+        )
     if kind == "photo-crops":  # harder: random 25-100% crops, many of them textures with no clear object
         return photo_crops(500, 256, seed=1), None, photo_crops(300, 256, seed=0), "500 random crops (seed 1)"
     if not calibration:
@@ -65,9 +75,12 @@ def logits_onnx(path, images, pre) -> np.ndarray:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model_dir")
-    p.add_argument("--data", default="photos", help="fashion-mnist, photos, photo-crops, or an image directory")
+    p.add_argument("--data", default="photos",
+                   help="fashion-mnist, photos, photos-holdout, photo-crops, or an image directory")  # fmt: skip
     p.add_argument("--calibration", help="image directory for calibration (with --data DIR)")
     p.add_argument("--method", default="minmax", help="calibration method: minmax, entropy, percentile")
+    p.add_argument("--qat-steps", type=int, default=0, help="add a QAT variant fine-tuned for this many steps")
+    p.add_argument("--qat-lr", type=float, default=None, help="its learning rate (default: qat.DEFAULT_LR)")
     p.add_argument("--out", help="write the JSON result here too")
     args = p.parse_args(argv)
     model = from_pretrained(args.model_dir)
@@ -85,14 +98,22 @@ def main(argv=None) -> int:
         bc_images = np.concatenate(list(batches(calib[:BIAS_CORRECTION_IMAGES], pre)))
         # int8 weights are 7-bit on CPUs without VNNI (quantize.default_reduce_range); uint8 ones never are
         result["int8_reduce_range"] = resolve_reduce_range(None, "int8")
-        for name, weight_type, corrected, per_channel in (
-            ("int8 per-channel + bias correction", "int8", True, True),
-            ("uint8 per-channel + bias correction", "uint8", True, True),
-            ("int8 per-channel", "int8", False, True),
-            ("int8 per-tensor", "int8", False, False),
-        ):
+        runs = [("int8 per-channel + bias correction", "int8", True, True, 0),
+                ("uint8 per-channel + bias correction", "uint8", True, True, 0),
+                ("int8 per-channel", "int8", False, True, 0),
+                ("int8 per-tensor", "int8", False, False, 0)]  # fmt: skip
+        if args.qat_steps:
+            runs[1:1] = [(f"int8 per-channel + bias correction + QAT ({args.qat_steps} steps)", "int8", True, True,
+                          args.qat_steps),
+                         (f"uint8 per-channel + bias correction + QAT ({args.qat_steps} steps)", "uint8", True, True,
+                          args.qat_steps)]  # fmt: skip
+        for name, weight_type, corrected, per_channel, qat_steps in runs:
             start = time.perf_counter()  # reduce_range: both steps resolve this CPU's default for the weight type
             source = bias_correct(model, bc_images, per_channel, weight_type=weight_type) if corrected else model
+            if qat_steps:
+                source, report = qat_finetune(source, calib, pre, steps=qat_steps, lr=args.qat_lr or DEFAULT_LR,
+                                              per_channel=per_channel, weight_type=weight_type)  # fmt: skip
+                result.setdefault("qat", {})[name] = report.to_dict()
             fp32, path = Path(work) / f"{len(variants)}.onnx", Path(work) / f"{len(variants)}.int8.onnx"
             export_onnx(source, fp32)
             quantize_onnx(fp32, path, calibration_reader(calib, pre, limit=None), per_channel, args.method,

@@ -39,6 +39,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="int8 weights (u8×s8, fastest) or uint8 (ONNX Runtime's u8×u8: full 8-bit weights without "
         "saturation on CPUs without VNNI, more accurate there and ~1.3× slower)",
     )
+    p.add_argument(
+        "--qat-steps",
+        type=int,
+        default=0,
+        help="quantization-aware fine-tuning before quantizing: this many Adam steps distilling the float "
+        "model on random crops of the calibration images (no labels needed; 0 = post-training only)",
+    )
+    p.add_argument("--qat-lr", type=float, default=None, help="QAT learning rate (default 2e-5)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
     p.add_argument("--json", action="store_true", help="print the export report as one JSON object")
 
@@ -54,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--calibration is only used with --int8")
     if not args.int8 and (args.weight_type != "int8" or args.reduce_range != "auto"):
         raise ValueError("--weight-type and --reduce-range are only used with --int8")
+    if not args.int8 and (args.qat_steps or args.qat_lr is not None):
+        raise ValueError("--qat-steps and --qat-lr are only used with --int8")
+    if args.qat_steps < 0 or (args.qat_lr is not None and not args.qat_lr > 0):
+        raise ValueError("--qat-steps must be >= 0 and --qat-lr > 0")
     from ..checkpoint import from_pretrained  # noqa: PLC0415 - keep `mobilenet-v1 --help` fast
     from ..deploy.calibration import list_images  # noqa: PLC0415
 
@@ -67,12 +79,15 @@ def run(args: argparse.Namespace) -> int:
                              method=args.calibration_method, limit=args.calibration_images,
                              bias_correction=not args.no_bias_correction,
                              reduce_range={"auto": None, "on": True, "off": False}[args.reduce_range],
-                             weight_type=args.weight_type)  # fmt: skip
+                             weight_type=args.weight_type, qat_steps=args.qat_steps,
+                             qat_lr=args.qat_lr)  # fmt: skip
         weights = (("per-channel" if report.per_channel else "per-tensor") + (" 7-bit" if report.reduce_range else "")
                    + (" uint8" if report.weight_type == "uint8" else ""))  # fmt: skip
         summary = (f"wrote {report.path}: int8 QDQ ({weights} "
                    f"weights, {report.method} calibration on {report.calibration_images} images), "
-                   f"{report.size_bytes / 1e6:.2f} MB (fp32 {report.fp32_size_bytes / 1e6:.2f} MB); "
+                   + (f"after {report.qat['steps']} QAT steps (distillation loss {report.qat['first_loss']:.4f} → "
+                      f"{report.qat['last_loss']:.4f}), " if report.qat else "")
+                   + f"{report.size_bytes / 1e6:.2f} MB (fp32 {report.fp32_size_bytes / 1e6:.2f} MB); "
                    f"runs in ONNX Runtime at batch {', '.join(map(str, report.verified_batches))}")  # fmt: skip
     elif args.format == "onnx":
         from ..deploy.onnx_export import DEFAULT_OPSET, export_onnx  # noqa: PLC0415

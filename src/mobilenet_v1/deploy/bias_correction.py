@@ -31,9 +31,17 @@ def rounded_weight(
     """
     qmin, qmax = WEIGHT_GRIDS[weight_type, reduce_range]
     zero = round((qmin + qmax) / 2)
-    peak = w.abs().amax(dim=tuple(range(1, w.ndim)), keepdim=True) if per_channel else w.abs().max()
-    scale = torch.where(peak > 0, 2 * peak / (qmax - qmin), torch.ones_like(peak))
+    scale = weight_scale(w, per_channel, reduce_range, weight_type)
     return (torch.round(w / scale) + zero).clamp(*DTYPE_RANGES[weight_type]).sub(zero) * scale
+
+
+def weight_scale(
+    w: torch.Tensor, per_channel: bool, reduce_range: bool = False, weight_type: str = "int8"
+) -> torch.Tensor:
+    """ORT's symmetric weight scale(s), shaped to broadcast against ``w`` (one per output channel, or one)."""
+    qmin, qmax = WEIGHT_GRIDS[weight_type, reduce_range]
+    peak = w.abs().amax(dim=tuple(range(1, w.ndim)), keepdim=True) if per_channel else w.abs().max()
+    return torch.where(peak > 0, 2 * peak / (qmax - qmin), torch.ones_like(peak))
 
 
 @torch.no_grad()

@@ -55,6 +55,7 @@ class QuantizeReport:
     verified_batches: list[int]
     reduce_range: bool = False
     weight_type: str = "int8"
+    qat: dict | None = None  # qat.QATReport of the fine-tuning, when the export ran one
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -171,13 +172,15 @@ def quantize_onnx(
 def export_int8(
     model, out_path: str | os.PathLike, calibration, per_channel: bool = True, method: str = "minmax",
     limit: int | None = 300, bias_correction: bool = True, reduce_range: bool | None = None,
-    weight_type: str = "int8",
+    weight_type: str = "int8", qat_steps: int = 0, qat_lr: float | None = None,
 ) -> QuantizeReport:  # fmt: skip
-    """Model → (bias-corrected) fp32 ONNX (verified) → int8 QDQ ONNX calibrated on ``calibration``.
+    """Model → (bias-corrected, QAT-fine-tuned) fp32 ONNX (verified) → int8 QDQ ONNX calibrated on ``calibration``.
 
     ``calibration``: a directory or list of images, prepared with the model's recorded preprocessing
     (``model.pretrained``), or the default for its input size when it has none. ``bias_correction``
-    (``bias_correction.py``) pre-compensates the biases for int8 weight rounding. ``reduce_range`` and
+    (``bias_correction.py``) pre-compensates the biases for int8 weight rounding. ``qat_steps`` > 0
+    fine-tunes the weights through the simulated int8 graph first, distilling the float model on the
+    calibration images (``qat.py``; ``qat_lr``: its Adam learning rate). ``reduce_range`` and
     ``weight_type``: see :func:`quantize_onnx`.
     """
     from ..checkpoint import Preprocessing  # noqa: PLC0415
@@ -193,9 +196,18 @@ def export_int8(
         images = np.concatenate(list(batches(sources[:BIAS_CORRECTION_IMAGES], pre)))
         model = bias_correct(model, images, per_channel=per_channel, reduce_range=reduce_range,
                              weight_type=weight_type)  # fmt: skip
+    notes: dict = {"bias_correction": bias_correction}
+    if qat_steps:
+        from .qat import DEFAULT_LR, qat_finetune  # noqa: PLC0415
+
+        tuned, qat = qat_finetune(model, sources[:limit] if limit else sources, pre, steps=qat_steps,
+                                  lr=qat_lr or DEFAULT_LR, per_channel=per_channel, reduce_range=reduce_range,
+                                  weight_type=weight_type)  # fmt: skip
+        model, notes["qat"] = tuned, qat.to_dict()
     with tempfile.TemporaryDirectory() as work:
         fp32 = Path(work) / "fp32.onnx"
         export_onnx(model, fp32)
-        return quantize_onnx(fp32, out_path, reader, per_channel=per_channel, method=method,
-                             notes={"bias_correction": bias_correction}, reduce_range=reduce_range,
-                             weight_type=weight_type)  # fmt: skip
+        report = quantize_onnx(fp32, out_path, reader, per_channel=per_channel, method=method, notes=notes,
+                               reduce_range=reduce_range, weight_type=weight_type)  # fmt: skip
+    report.qat = notes.get("qat")
+    return report

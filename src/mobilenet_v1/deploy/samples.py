@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,12 +45,18 @@ def photos() -> list[np.ndarray]:
     return [np.ascontiguousarray(p[..., :3]).astype(np.uint8) for p in out]
 
 
-def photo_views(size: int = 256) -> list[Image.Image]:
+def _chosen(which: Sequence[int] | None) -> list[np.ndarray]:
+    base = photos()
+    return base if which is None else [base[i] for i in which]
+
+
+def photo_views(size: int = 256, which: Sequence[int] | None = None) -> list[Image.Image]:
     """A fixed evaluation set: 10 deterministic views of each bundled photo (whole, centre crops at 87.5% and
     75%, the four 80% corner crops, and mirror images of the first three) — 100 object-centred images,
-    disjoint from the random crops :func:`photo_crops` calibrates on."""
+    disjoint from the random crops :func:`photo_crops` calibrates on. ``which``: only these photos (indices
+    into :func:`photos`), e.g. to hold some out of calibration and fine-tuning altogether."""
     views = []
-    for arr in photos():
+    for arr in _chosen(which):
         im = Image.fromarray(arr)
         w, h = im.size
         boxes = []
@@ -63,14 +70,15 @@ def photo_views(size: int = 256) -> list[Image.Image]:
     return views
 
 
-def photo_crops(n: int, size: int = 224, seed: int = 0) -> list[Image.Image]:
-    """``n`` random square crops (25–100% of the shorter side, random flips) of the bundled photos.
+def photo_crops(n: int, size: int = 224, seed: int = 0, which: Sequence[int] | None = None) -> list[Image.Image]:
+    """``n`` random square crops (25–100% of the shorter side, random flips) of the bundled photos (``which``:
+    only these).
 
     A few hundred distinct views of ~10 real photographs: enough to calibrate activation ranges, which
     depend on natural-image statistics, not on the class mix.
     """
     rng = np.random.default_rng(seed)
-    base = photos()
+    base = _chosen(which)
     crops = []
     for i in range(n):
         img = base[i % len(base)]

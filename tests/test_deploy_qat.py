@@ -1,0 +1,86 @@
+"""Quantization-aware fine-tuning (``deploy/qat.py``): the simulated int8 graph must compute what ONNX Runtime's
+int8 export computes, and fine-tuning through it must bring the quantized model closer to the float one.
+
+The slow test on Google's real weights lives in ``test_deploy_google.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from deploy_helpers import calibrated_model
+from mobilenet_v1.checkpoint import Preprocessing
+from mobilenet_v1.deploy.calibration import batches
+from mobilenet_v1.deploy.fold import fold_bn
+from mobilenet_v1.deploy.onnx_export import ort_session
+from mobilenet_v1.deploy.qat import QuantSim, qat_finetune
+from mobilenet_v1.deploy.quantize import export_int8
+from mobilenet_v1.deploy.samples import photo_crops
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("skimage")
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = calibrated_model(seed=3)  # α = 0.25, 64×64, 10 classes, realistic BN statistics
+    pre = Preprocessing(input_size=model.config.resolution)  # what export_int8 uses for a model without one
+    calibration, held_out = photo_crops(64, 96, seed=0), photo_crops(32, 96, seed=5)
+    x_cal = torch.from_numpy(np.concatenate(list(batches(calibration, pre, 32))))
+    x_eval = torch.from_numpy(np.concatenate(list(batches(held_out, pre, 32))))
+    return model, pre, calibration, x_cal, x_eval
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_simulation_computes_what_onnx_runtime_int8_computes(setup, per_channel, tmp_path):
+    """Layer by layer: each simulated conv block, fed ONNX Runtime's own (dequantized) input, must give ORT's
+    (dequantized) output — the same weights grid, activation scales and zero points — up to rounding ties
+    (a float sum landing on a rounding boundary may go either way: at most one quantization step, rarely).
+    Whole-network outputs are no test on this random model: one flipped tie doubles layer after layer."""
+    model, _, calibration, x_cal, x_eval = setup
+    path = tmp_path / "int8.onnx"
+    export_int8(model, path, calibration, per_channel=per_channel, bias_correction=False, limit=None)
+    graph = onnx.load(str(path))
+    quantized = {n.output[0] for n in graph.graph.node if n.op_type == "QuantizeLinear"}  # activations only
+    dequantized = [n.output[0] for n in graph.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in quantized]
+    for name in dequantized:
+        graph.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    onnx.save(graph, str(tmp_path / "probed.onnx"))
+    probed = ort_session(tmp_path / "probed.onnx").run(None, {"input": x_eval.numpy()})
+    ort_acts = [torch.from_numpy(a) for a in probed[1:]]
+    sim = QuantSim(model, x_cal, per_channel=per_channel)  # this CPU's reduce_range, as the export resolved it
+    assert len(ort_acts) == len(sim.blocks) + 1  # the input, then every conv + ReLU output
+    assert torch.equal(sim.input_quant(x_eval), ort_acts[0])
+    with torch.no_grad():
+        for i, (block, quant) in enumerate(zip(sim.blocks, sim.output_quants)):
+            ours, theirs = block(ort_acts[i]), ort_acts[i + 1]  # the block's hook applies its fake quantization
+            steps = ((ours - theirs).abs() / quant.scale).round()
+            assert steps.max() <= 1, (i, float(steps.max()))
+            assert (steps > 0).float().mean() <= 0.01, (i, float((steps > 0).float().mean()))
+
+
+def test_finetuning_through_the_simulation_lowers_the_distillation_loss(setup):
+    """Gradients pass the rounding (straight-through) and fine-tuning fits the float model's outputs. On the
+    images themselves: this random network's behaviour on random crops says little about its behaviour on
+    whole images; that fine-tuning on crops carries over to held-out views is checked on Google's real
+    weights (test_deploy_google.py)."""
+    model, pre, calibration, _, _ = setup
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tuned, report = qat_finetune(model, calibration[:32], pre, steps=30, lr=1e-4, batch_size=32, augment=False)
+    assert report.last_loss < 0.8 * report.first_loss, report
+    assert not any(p.requires_grad for p in tuned.parameters())
+    assert [type(m) for m in tuned.modules()] == [type(m) for m in fold_bn(model).modules()]  # simulation gone
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the input model is untouched
+    changed = [k for k, v in tuned.state_dict().items() if not torch.equal(v, fold_bn(model).state_dict()[k])]
+    assert any("weight" in k for k in changed) and any("bias" in k for k in changed)
+
+
+def test_bad_arguments_are_clear(setup):
+    model, pre, calibration, _, _ = setup
+    with pytest.raises(ValueError, match="at least one step"):
+        qat_finetune(model, calibration, pre, steps=0)
+    with pytest.raises(ValueError, match="no calibration images"):
+        qat_finetune(model, [], pre, steps=5)
