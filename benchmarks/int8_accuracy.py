@@ -8,7 +8,8 @@
 calibration on 300 random crops of them (seed 0). ``--data photos-holdout``: calibrate (and fine-tune) on
 300 crops of photos 0-4 only and evaluate on the 50 views of photos 5-9, which nothing has seen.
 ``--qat-steps N`` adds variants fine-tuned through the simulated int8 graph (``deploy/qat.py``) for N steps.
-``--data photo-crops``: 500 random crops (seed 1) instead. ``--data DIR``: any image directory, calibration on ``--calibration DIR``.
+``--data photo-crops``: 500 random crops (seed 1) instead. ``--data DIR``: any image directory, calibration
+on ``--calibration DIR``.
 Prints one JSON object (and writes it with ``--out``).
 """
 
@@ -110,9 +111,10 @@ def main(argv=None) -> int:
         for name, weight_type, corrected, per_channel, qat_steps in runs:
             start = time.perf_counter()  # reduce_range: both steps resolve this CPU's default for the weight type
             source = bias_correct(model, bc_images, per_channel, weight_type=weight_type) if corrected else model
-            if qat_steps:
-                source, report = qat_finetune(source, calib, pre, steps=qat_steps, lr=args.qat_lr or DEFAULT_LR,
-                                              per_channel=per_channel, weight_type=weight_type)  # fmt: skip
+            if qat_steps:  # from the bias-corrected weights, distilling the float model
+                lr = args.qat_lr or DEFAULT_LR
+                source, report = qat_finetune(model, calib, pre, steps=qat_steps, lr=lr, per_channel=per_channel,
+                                              weight_type=weight_type, start=source)  # fmt: skip
                 result.setdefault("qat", {})[name] = report.to_dict()
             fp32, path = Path(work) / f"{len(variants)}.onnx", Path(work) / f"{len(variants)}.int8.onnx"
             export_onnx(source, fp32)

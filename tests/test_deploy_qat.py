@@ -13,10 +13,11 @@ import torch
 
 from deploy_helpers import calibrated_model
 from mobilenet_v1.checkpoint import Preprocessing
+from mobilenet_v1.deploy.bias_correction import bias_correct
 from mobilenet_v1.deploy.calibration import batches
 from mobilenet_v1.deploy.fold import fold_bn
 from mobilenet_v1.deploy.onnx_export import ort_session
-from mobilenet_v1.deploy.qat import QuantSim, qat_finetune
+from mobilenet_v1.deploy.qat import QuantSim, distillation_loss, qat_finetune
 from mobilenet_v1.deploy.quantize import export_int8
 from mobilenet_v1.deploy.samples import photo_crops
 
@@ -76,6 +77,22 @@ def test_finetuning_through_the_simulation_lowers_the_distillation_loss(setup):
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the input model is untouched
     changed = [k for k, v in tuned.state_dict().items() if not torch.equal(v, fold_bn(model).state_dict()[k])]
     assert any("weight" in k for k in changed) and any("bias" in k for k in changed)
+
+
+def test_the_float_model_is_the_teacher_when_starting_from_bias_corrected_weights(setup):
+    """The export fine-tunes from bias-corrected weights; their biases anticipate rounding, so as a float
+    model they are *worse* than the original. The distillation target must stay the original."""
+    model, pre, calibration, _, _ = setup
+    images = calibration[:16]
+    x = torch.from_numpy(np.concatenate(list(batches(images, pre, 16))))
+    corrected = bias_correct(model, x)
+    _, report = qat_finetune(model, images, pre, steps=1, lr=1e-12, batch_size=8, start=corrected)
+    with torch.no_grad():  # the probe is all 16 images (2 x batch_size); batch-mean KL ignores their order
+        simulated = QuantSim(corrected, x).student(x)
+        expected = distillation_loss(simulated, fold_bn(model)(x))
+        wrong = distillation_loss(simulated, fold_bn(corrected)(x))
+    assert report.first_loss == pytest.approx(float(expected), rel=1e-5)
+    assert abs(float(wrong) - float(expected)) > 1e-3 * float(expected)  # the check can tell them apart
 
 
 def test_bad_arguments_are_clear(setup):

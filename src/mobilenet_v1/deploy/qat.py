@@ -14,10 +14,11 @@ Here the forward pass mirrors the QDQ graph ``quantize.quantize_onnx`` writes:
 
 The target is the float model itself (knowledge distillation, Hinton et al. 2015: the KL divergence from
 the float model's class distribution to the quantized one's), on random crops and flips of the calibration
-images, so any model — Google's ImageNet weights included — can be fine-tuned with nothing but the few
-hundred images it is calibrated on. Fine-tuning starts from the bias-corrected weights
-(``bias_correction.py``) when the export uses bias correction. Afterwards the latent float weights are
-exported as usual; ORT rounds them to the same grid and recalibrates the activation ranges.
+images, so any model — Google's ImageNet weights included — can be fine-tuned with nothing but the images
+it is calibrated on; it learns only what they show. Fine-tuning starts from the bias-corrected weights
+(``bias_correction.py``) when the export uses bias correction; the teacher is always the float model.
+Afterwards the latent float weights are exported as usual; ORT rounds them to the same grid and
+recalibrates the activation ranges.
 """
 
 from __future__ import annotations
@@ -176,9 +177,12 @@ def qat_finetune(
     model: nn.Module, images: Sequence[str | os.PathLike | Image.Image], pre: Preprocessing, *,
     steps: int = DEFAULT_STEPS, lr: float = DEFAULT_LR, batch_size: int = DEFAULT_BATCH, per_channel: bool = True,
     reduce_range: bool | None = None, weight_type: str = "int8", seed: int = 0, augment: bool = True,
+    start: nn.Module | None = None,
 ) -> tuple[nn.Module, QATReport]:  # fmt: skip
     """Fine-tune ``model`` (BN folded first) through the simulated int8 export; returns the folded model with
     the fine-tuned float weights and a report. ``images``: the calibration images (paths or PIL images).
+    ``start``: the weights to fine-tune from, e.g. ``bias_correct(model, ...)``'s — the float ``model`` stays
+    the teacher (a bias-corrected model is a worse *float* model: its biases anticipate rounding).
 
     Adam with a cosine-decayed learning rate; each step distils the float model's outputs on ``batch_size``
     random views of the images (``augment=False``: the images themselves, as the evaluation preprocessing
@@ -189,12 +193,12 @@ def qat_finetune(
         raise ValueError(f"QAT needs at least one step; got steps={steps}")
     if not images:
         raise ValueError("no calibration images given for quantization-aware fine-tuning")
-    start = time.perf_counter()
+    began = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     pictures = [im if isinstance(im, Image.Image) else load_image(im, grayscale=pre.grayscale) for im in images]
     fixed = torch.from_numpy(np.concatenate(list(batches(pictures, pre, 50))))
     teacher = fold_bn(model)
-    sim = QuantSim(model, fixed, per_channel, reduce_range, weight_type)
+    sim = QuantSim(start if start is not None else model, fixed, per_channel, reduce_range, weight_type)
     student = sim.student.eval()  # folded: no BN left to train; eval keeps dropout off
     probe = fixed[torch.randperm(len(fixed), generator=generator)[: 2 * batch_size]]
     with torch.no_grad():
@@ -221,4 +225,4 @@ def qat_finetune(
     with torch.no_grad():
         last = float(distillation_loss(student(probe), probe_target))
     tuned = sim.finish()
-    return tuned, QATReport(steps, batch_size, lr, first, last, time.perf_counter() - start)
+    return tuned, QATReport(steps, batch_size, lr, first, last, time.perf_counter() - began)

@@ -192,21 +192,22 @@ def export_int8(
     sources = list_images(calibration) if isinstance(calibration, (str, os.PathLike)) else list(calibration)
     reader = calibration_reader(sources, pre, INPUT_NAME, limit=limit)  # fails early on an empty list
     reduce_range = resolve_reduce_range(reduce_range, weight_type)
+    source = model
     if bias_correction:
         images = np.concatenate(list(batches(sources[:BIAS_CORRECTION_IMAGES], pre)))
-        model = bias_correct(model, images, per_channel=per_channel, reduce_range=reduce_range,
-                             weight_type=weight_type)  # fmt: skip
+        source = bias_correct(model, images, per_channel=per_channel, reduce_range=reduce_range,
+                              weight_type=weight_type)  # fmt: skip
     notes: dict = {"bias_correction": bias_correction}
     if qat_steps:
         from .qat import DEFAULT_LR, qat_finetune  # noqa: PLC0415
 
-        tuned, qat = qat_finetune(model, sources[:limit] if limit else sources, pre, steps=qat_steps,
-                                  lr=qat_lr or DEFAULT_LR, per_channel=per_channel, reduce_range=reduce_range,
-                                  weight_type=weight_type)  # fmt: skip
-        model, notes["qat"] = tuned, qat.to_dict()
+        source, qat = qat_finetune(model, sources[:limit] if limit else sources, pre, steps=qat_steps,
+                                   lr=qat_lr or DEFAULT_LR, per_channel=per_channel, reduce_range=reduce_range,
+                                   weight_type=weight_type, start=source)  # fmt: skip
+        notes["qat"] = qat.to_dict()
     with tempfile.TemporaryDirectory() as work:
         fp32 = Path(work) / "fp32.onnx"
-        export_onnx(model, fp32)
+        export_onnx(source, fp32)
         report = quantize_onnx(fp32, out_path, reader, per_channel=per_channel, method=method, notes=notes,
                                reduce_range=reduce_range, weight_type=weight_type)  # fmt: skip
     report.qat = notes.get("qat")
