@@ -69,9 +69,34 @@ def _straight_through(x: torch.Tensor, rounded: torch.Tensor) -> torch.Tensor:
     return x + (rounded - x).detach()
 
 
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+@torch.no_grad()
+def ort_scales(w: torch.Tensor, b: torch.Tensor, input_scale: float, grid: tuple[bool, bool, str]):
+    """The weight scale(s) and bias scale(s) ORT's QDQ quantizer uses for a conv with weight ``w``, bias ``b``.
+
+    The bias is stored as int32 at scale input_scale × weight_scale. When that scale is too small for the
+    bias to fit (a channel with near-zero weights and a real bias, common after BN folding), ORT enlarges
+    the *weight* scale of symmetric int8 weights until it fits (``_adjust_weight_scale_for_int32_bias``,
+    factor 1.0001 of the minimum); uint8 weights (zero point 128) are not adjusted and their bias is clipped.
+    """
+    per_channel, _, weight_type = grid
+    scale = weight_scale(w, *grid).double()
+    if weight_type == "int8":
+        span = float(INT32_MAX) - float(INT32_MIN + 1)
+        biggest = b.double().abs() if per_channel else b.double().abs().max().clamp(min=0)
+        smallest_valid = 1.0001 * 2.0 * biggest / span
+        candidate = input_scale * scale.flatten()
+        grow = (candidate < smallest_valid) & (candidate > 0)
+        scale = torch.where(grow, smallest_valid / input_scale, candidate / input_scale).view_as(scale)
+    scale = scale.float()
+    return scale, (input_scale * scale).flatten()
+
+
 class _SimulatedConv(nn.Module):
     """A folded convolution with the weight and bias ORT's QDQ graph will use: the weight rounded to its grid,
-    the bias to int32 at scale input_scale × weight_scale (``quantize_bias_static``)."""
+    the bias to int32 at scale input_scale × weight_scale (``quantize_bias_static``; see :func:`ort_scales`)."""
 
     def __init__(self, conv: nn.Conv2d, input_scale: float, grid: tuple[bool, bool, str]):
         super().__init__()
@@ -79,9 +104,9 @@ class _SimulatedConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.conv.weight, self.conv.bias
-        bias_scale = self.input_scale * weight_scale(w.detach(), *self.grid).flatten()
-        weight = _straight_through(w, rounded_weight(w, *self.grid))
-        bias = _straight_through(b, torch.round(b / bias_scale) * bias_scale)
+        scale, bias_scale = ort_scales(w, b, self.input_scale, self.grid)
+        weight = _straight_through(w, rounded_weight(w, *self.grid, scale=scale))
+        bias = _straight_through(b, torch.round(b / bias_scale).clamp(INT32_MIN, INT32_MAX) * bias_scale)
         return functional_call(self.conv, {"weight": weight, "bias": bias}, (x,))
 
 
