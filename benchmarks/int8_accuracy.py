@@ -31,7 +31,7 @@ from mobilenet_v1.deploy import bf16_supported, optimize_for_inference
 from mobilenet_v1.deploy.bias_correction import bias_correct
 from mobilenet_v1.deploy.calibration import batches, calibration_reader, list_images
 from mobilenet_v1.deploy.onnx_export import export_onnx, ort_session
-from mobilenet_v1.deploy.qat import DEFAULT_LR, qat_finetune
+from mobilenet_v1.deploy.qat import DEFAULT_LR, qat_finetune, widen_filters_for_int32_biases
 from mobilenet_v1.deploy.quantize import BIAS_CORRECTION_IMAGES, quantize_onnx, resolve_reduce_range
 from mobilenet_v1.deploy.samples import fashion_mnist, photo_crops, photo_views
 
@@ -111,6 +111,10 @@ def main(argv=None) -> int:
         for name, weight_type, corrected, per_channel, qat_steps in runs:
             start = time.perf_counter()  # reduce_range: both steps resolve this CPU's default for the weight type
             source = bias_correct(model, bc_images, per_channel, weight_type=weight_type) if corrected else model
+            if weight_type == "uint8":  # as export_int8 does: ORT would clip some int32 biases
+                inputs = torch.from_numpy(np.concatenate(list(batches(calib, pre))))
+                source, widened = widen_filters_for_int32_biases(source, inputs, per_channel, None, weight_type)
+                result.setdefault("widened_filters", {})[name] = widened
             if qat_steps:  # from the bias-corrected weights, distilling the float model
                 lr = args.qat_lr or DEFAULT_LR
                 source, report = qat_finetune(model, calib, pre, steps=qat_steps, lr=lr, per_channel=per_channel,

@@ -14,11 +14,11 @@ import torch
 from deploy_helpers import calibrated_model
 from mobilenet_v1.checkpoint import Preprocessing
 from mobilenet_v1.deploy.bias_correction import bias_correct
-from mobilenet_v1.deploy.calibration import batches
+from mobilenet_v1.deploy.calibration import batches, calibration_reader
 from mobilenet_v1.deploy.fold import fold_bn
-from mobilenet_v1.deploy.onnx_export import ort_session
-from mobilenet_v1.deploy.qat import QuantSim, distillation_loss, qat_finetune
-from mobilenet_v1.deploy.quantize import export_int8
+from mobilenet_v1.deploy.onnx_export import export_onnx, ort_session, read_metadata
+from mobilenet_v1.deploy.qat import QuantSim, distillation_loss, qat_finetune, widen_filters_for_int32_biases
+from mobilenet_v1.deploy.quantize import export_int8, quantize_onnx
 from mobilenet_v1.deploy.samples import photo_crops
 
 pytest.importorskip("onnxruntime")
@@ -55,12 +55,10 @@ def test_simulation_computes_what_onnx_runtime_int8_computes(setup, per_channel,
     for name in dequantized:
         graph.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     onnx.save(graph, str(tmp_path / "probed.onnx"))
-    # uint8 weights: ORT clips the int32 bias of the near-dead filters, and its integer kernels then overflow
-    # adding to it (ill-defined, 4+ steps off); the QDQ graph run unfused (dequantize, float conv, quantize)
-    # is the definition of what the export means, and what the simulation is checked against there.
-    session = ort_session(tmp_path / "probed.onnx", optimize=weight_type == "int8")
-    probed = session.run(None, {"input": x_eval.numpy()})
+    probed = ort_session(tmp_path / "probed.onnx").run(None, {"input": x_eval.numpy()})
     ort_acts = [torch.from_numpy(a) for a in probed[1:]]
+    if weight_type == "uint8":  # the export widened the near-dead filters first (next test)
+        model, _ = widen_filters_for_int32_biases(model, x_cal, per_channel, weight_type=weight_type)
     sim = QuantSim(model, x_cal, per_channel=per_channel, weight_type=weight_type)  # reduce_range: as the export
     assert len(ort_acts) == len(sim.blocks) + 1  # the input, then every conv + ReLU output
     assert torch.equal(sim.input_quant(x_eval), ort_acts[0])
@@ -70,6 +68,34 @@ def test_simulation_computes_what_onnx_runtime_int8_computes(setup, per_channel,
             steps = ((ours - theirs).abs() / quant.scale).round()
             assert steps.max() <= 1, (i, float(steps.max()))
             assert (steps > 0).float().mean() <= 0.01, (i, float((steps > 0).float().mean()))
+
+
+def test_uint8_export_widens_near_dead_filters_so_no_bias_is_clipped(setup, tmp_path, caplog):
+    """The fixture's near-dead filters make ORT clip int32 biases with uint8 weights (and its integer kernels
+    then overflow). export_int8 widens them first: no clipping, outputs as the simulation says, float model
+    unchanged to ~1e-5 of the biases."""
+    model, pre, calibration, x_cal, x_eval = setup
+    export_onnx(model, tmp_path / "fp32.onnx")
+    with caplog.at_level("WARNING"):  # the problem, without widening
+        quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "clipped.onnx", calibration_reader(calibration, pre),
+                      weight_type="uint8")  # fmt: skip
+    assert "exceeds the range of a int32" in caplog.text
+    caplog.clear()
+    widened, count = widen_filters_for_int32_biases(model, x_cal, weight_type="uint8")
+    assert 1 <= count <= 5  # some of the 3 + 2 filters the fixture killed (their biases decide which)
+    with torch.no_grad():
+        before, after = fold_bn(model)(x_eval), widened(x_eval)
+    assert (after - before).abs().max() <= 1e-4 * before.abs().max()
+    path = tmp_path / "uint8.onnx"
+    with caplog.at_level("WARNING"):
+        report = export_int8(model, path, calibration, bias_correction=False, limit=None, weight_type="uint8")
+    assert "exceeds the range of a int32" not in caplog.text
+    assert read_metadata(path)["quantization"]["widened_filters"] == count and report.weight_type == "uint8"
+    int8 = torch.from_numpy(ort_session(path).run(None, {"input": x_eval.numpy()})[0])  # integer kernels
+    with torch.no_grad():
+        simulated = QuantSim(widened, x_cal, weight_type="uint8").student(x_eval)
+        unwidened = QuantSim(model, x_cal, weight_type="uint8").student(x_eval)
+    assert (simulated - int8).abs().mean() < (unwidened - int8).abs().mean()
 
 
 def test_finetuning_through_the_simulation_lowers_the_distillation_loss(setup):

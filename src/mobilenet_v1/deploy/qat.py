@@ -43,7 +43,7 @@ from ..preprocess import load_image
 from .bias_correction import rounded_weight, weight_scale
 from .calibration import batches
 from .fold import fold_bn
-from .quantize import resolve_reduce_range
+from .quantize import WEIGHT_GRIDS, resolve_reduce_range
 
 DEFAULT_STEPS = 200
 DEFAULT_LR = 2e-5  # Adam; large enough to move weights across a rounding step in a few hundred steps
@@ -180,6 +180,41 @@ class QuantSim:
         for p in self.student.parameters():
             p.requires_grad_(False)
         return self.student.eval()
+
+
+@torch.no_grad()
+def widen_filters_for_int32_biases(
+    model: nn.Module, calibration: torch.Tensor, per_channel: bool = True, reduce_range: bool | None = None,
+    weight_type: str = "uint8",
+) -> tuple[nn.Module, int]:  # fmt: skip
+    """A BN-folded copy of ``model`` in which every filter's weight range is wide enough for its int32 bias.
+
+    For uint8 weights ORT does not enlarge the weight scale of a filter whose bias would overflow int32 at
+    scale input_scale × weight_scale (it does so only for int8 weights, see :func:`ort_scales`): it clips the
+    bias, and its integer kernels then overflow on that channel. Such filters have near-zero weights beside a
+    real bias (BN folding makes them). Here the filter's largest weight is set to the smallest peak whose scale
+    fits the bias — what ORT's int8 adjustment amounts to; the output changes by < 2e-5 of the bias.
+    Returns the model and the number of filters widened. ``calibration``: the calibration inputs, whose
+    activation ranges give the input scales, as ORT's MinMax calibration will.
+    """
+    reduce_range = resolve_reduce_range(reduce_range, weight_type)
+    sim = QuantSim(model, calibration, per_channel, reduce_range, weight_type)
+    scales = [block.conv.input_scale for block in sim.blocks]
+    folded = sim.finish()
+    qmin, qmax = WEIGHT_GRIDS[weight_type, reduce_range]
+    widened = 0
+    for block, input_scale in zip((m for m in folded.modules() if isinstance(m, ConvBNAct)), scales):
+        w, b = block.conv.weight, block.conv.bias.double()
+        bias = b.abs() if per_channel else b.abs().max().expand(1)
+        # ORT's margin (1.0001) and span for the smallest valid int32 bias scale, as a weight peak
+        peak_needed = 1.0001 * 2.0 * bias / (float(INT32_MAX) - float(INT32_MIN + 1)) / input_scale * (qmax - qmin) / 2
+        flat = w.view(w.shape[0], -1) if per_channel else w.view(1, -1)
+        peak = flat.abs().amax(1).double()
+        for i in torch.nonzero(peak < peak_needed).flatten().tolist():
+            j = int(flat[i].abs().argmax())
+            flat[i, j] = float(peak_needed[i]) * (1.0 if flat[i, j] >= 0 else -1.0)
+            widened += 1
+    return folded, widened
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
