@@ -111,15 +111,15 @@ def main(argv=None) -> int:
         for name, weight_type, corrected, per_channel, qat_steps in runs:
             start = time.perf_counter()  # reduce_range: both steps resolve this CPU's default for the weight type
             source = bias_correct(model, bc_images, per_channel, weight_type=weight_type) if corrected else model
-            if weight_type == "uint8":  # as export_int8 does: ORT would clip some int32 biases
-                inputs = torch.from_numpy(np.concatenate(list(batches(calib, pre))))
-                source, widened = widen_filters_for_int32_biases(source, inputs, per_channel, None, weight_type)
-                result.setdefault("widened_filters", {})[name] = widened
             if qat_steps:  # from the bias-corrected weights, distilling the float model
                 lr = args.qat_lr or DEFAULT_LR
                 source, report = qat_finetune(model, calib, pre, steps=qat_steps, lr=lr, per_channel=per_channel,
                                               weight_type=weight_type, start=source)  # fmt: skip
                 result.setdefault("qat", {})[name] = report.to_dict()
+            if weight_type == "uint8":  # last, as export_int8 does: ORT would clip some int32 biases
+                inputs = torch.from_numpy(np.concatenate(list(batches(calib, pre))))
+                source, widened = widen_filters_for_int32_biases(source, inputs, per_channel, None, weight_type)
+                result.setdefault("widened_filters", {})[name] = widened
             fp32, path = Path(work) / f"{len(variants)}.onnx", Path(work) / f"{len(variants)}.int8.onnx"
             export_onnx(source, fp32)
             quantize_onnx(fp32, path, calibration_reader(calib, pre, limit=None), per_channel, args.method,

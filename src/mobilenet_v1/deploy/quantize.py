@@ -198,21 +198,22 @@ def export_int8(
         source = bias_correct(model, images, per_channel=per_channel, reduce_range=reduce_range,
                               weight_type=weight_type)  # fmt: skip
     notes: dict = {"bias_correction": bias_correction}
-    if weight_type == "uint8":  # ORT clips int32 biases it cannot fit for uint8 weights (qat.py)
+    calibration_sources = sources[:limit] if limit else sources
+    if qat_steps:
+        from .qat import DEFAULT_LR, qat_finetune  # noqa: PLC0415
+
+        source, qat = qat_finetune(model, calibration_sources, pre, steps=qat_steps, lr=qat_lr or DEFAULT_LR,
+                                   per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type,
+                                   start=source)  # fmt: skip
+        notes["qat"] = qat.to_dict()
+    if weight_type == "uint8":  # last: ORT would clip int32 biases it cannot fit for uint8 weights (qat.py)
         import torch  # noqa: PLC0415
 
         from .qat import widen_filters_for_int32_biases  # noqa: PLC0415
 
-        inputs = torch.from_numpy(np.concatenate(list(batches(sources[:limit] if limit else sources, pre))))
+        inputs = torch.from_numpy(np.concatenate(list(batches(calibration_sources, pre))))
         source, notes["widened_filters"] = widen_filters_for_int32_biases(source, inputs, per_channel, reduce_range,
                                                                           weight_type)  # fmt: skip
-    if qat_steps:
-        from .qat import DEFAULT_LR, qat_finetune  # noqa: PLC0415
-
-        source, qat = qat_finetune(model, sources[:limit] if limit else sources, pre, steps=qat_steps,
-                                   lr=qat_lr or DEFAULT_LR, per_channel=per_channel, reduce_range=reduce_range,
-                                   weight_type=weight_type, start=source)  # fmt: skip
-        notes["qat"] = qat.to_dict()
     with tempfile.TemporaryDirectory() as work:
         fp32 = Path(work) / "fp32.onnx"
         export_onnx(source, fp32)
