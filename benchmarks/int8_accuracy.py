@@ -28,11 +28,9 @@ from PIL import Image
 
 from mobilenet_v1.checkpoint import atomic_path, from_pretrained
 from mobilenet_v1.deploy import bf16_supported, optimize_for_inference
-from mobilenet_v1.deploy.bias_correction import bias_correct
-from mobilenet_v1.deploy.calibration import batches, calibration_reader, list_images
-from mobilenet_v1.deploy.onnx_export import export_onnx, ort_session
-from mobilenet_v1.deploy.qat import DEFAULT_LR, qat_finetune, widen_filters_for_int32_biases
-from mobilenet_v1.deploy.quantize import BIAS_CORRECTION_IMAGES, quantize_onnx, resolve_reduce_range
+from mobilenet_v1.deploy.calibration import batches, list_images
+from mobilenet_v1.deploy.onnx_export import ort_session, read_metadata
+from mobilenet_v1.deploy.quantize import export_int8, resolve_reduce_range
 from mobilenet_v1.deploy.samples import fashion_mnist, photo_crops, photo_views
 
 CONFIDENT = 0.5  # fp32 top-1 probability above which a prediction is not a near-tie
@@ -96,7 +94,6 @@ def main(argv=None) -> int:
         if bf16_supported():  # a reference for how near-tied this set is: bf16 rounding alone flips some
             fast = optimize_for_inference(model, precision="bf16")
             variants["bf16 (PyTorch inference path)"] = logits_torch(fast, images, pre)[:, offset:]
-        bc_images = np.concatenate(list(batches(calib[:BIAS_CORRECTION_IMAGES], pre)))
         # int8 weights are 7-bit on CPUs without VNNI (quantize.default_reduce_range); uint8 ones never are
         result["int8_reduce_range"] = resolve_reduce_range(None, "int8")
         runs = [("int8 per-channel + bias correction", "int8", True, True, 0),
@@ -109,21 +106,15 @@ def main(argv=None) -> int:
                          (f"uint8 per-channel + bias correction + QAT ({args.qat_steps} steps)", "uint8", True, True,
                           args.qat_steps)]  # fmt: skip
         for name, weight_type, corrected, per_channel, qat_steps in runs:
-            start = time.perf_counter()  # reduce_range: both steps resolve this CPU's default for the weight type
-            source = bias_correct(model, bc_images, per_channel, weight_type=weight_type) if corrected else model
-            if qat_steps:  # from the bias-corrected weights, distilling the float model
-                lr = args.qat_lr or DEFAULT_LR
-                source, report = qat_finetune(model, calib, pre, steps=qat_steps, lr=lr, per_channel=per_channel,
-                                              weight_type=weight_type, start=source)  # fmt: skip
-                result.setdefault("qat", {})[name] = report.to_dict()
-            if weight_type == "uint8":  # last, as export_int8 does: ORT would clip some int32 biases
-                inputs = torch.from_numpy(np.concatenate(list(batches(calib, pre))))
-                source, widened = widen_filters_for_int32_biases(source, inputs, per_channel, None, weight_type)
+            start = time.perf_counter()
+            path = Path(work) / f"{len(variants)}.int8.onnx"
+            report = export_int8(model, path, calib, per_channel, args.method, limit=None, bias_correction=corrected,
+                                 weight_type=weight_type, qat_steps=qat_steps, qat_lr=args.qat_lr)  # fmt: skip
+            if report.qat:
+                result.setdefault("qat", {})[name] = report.qat
+            if weight_type == "uint8":
+                widened = read_metadata(path)["quantization"]["widened_filters"]
                 result.setdefault("widened_filters", {})[name] = widened
-            fp32, path = Path(work) / f"{len(variants)}.onnx", Path(work) / f"{len(variants)}.int8.onnx"
-            export_onnx(source, fp32)
-            quantize_onnx(fp32, path, calibration_reader(calib, pre, limit=None), per_channel, args.method,
-                          weight_type=weight_type)  # fmt: skip
             variants[name] = logits_onnx(path, images, pre)[:, offset:]
             result.setdefault("quantize_seconds", {})[name] = round(time.perf_counter() - start, 1)
     top1 = ref.argmax(1)

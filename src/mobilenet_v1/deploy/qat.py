@@ -72,6 +72,12 @@ def _straight_through(x: torch.Tensor, rounded: torch.Tensor) -> torch.Tensor:
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
+def smallest_bias_scale(b: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """ORT's smallest int32 bias scale that holds ``b`` (with its 1.0001 margin): per channel, or one (shape 1)."""
+    biggest = b.double().abs() if per_channel else b.double().abs().max().expand(1)
+    return 1.0001 * 2.0 * biggest / (float(INT32_MAX) - float(INT32_MIN + 1))
+
+
 @torch.no_grad()
 def ort_scales(w: torch.Tensor, b: torch.Tensor, input_scale: float, grid: tuple[bool, bool, str]):
     """The weight scale(s) and bias scale(s) ORT's QDQ quantizer uses for a conv with weight ``w``, bias ``b``.
@@ -84,12 +90,9 @@ def ort_scales(w: torch.Tensor, b: torch.Tensor, input_scale: float, grid: tuple
     per_channel, _, weight_type = grid
     scale = weight_scale(w, *grid).double()
     if weight_type == "int8":
-        span = float(INT32_MAX) - float(INT32_MIN + 1)
-        biggest = b.double().abs() if per_channel else b.double().abs().max().clamp(min=0)
-        smallest_valid = 1.0001 * 2.0 * biggest / span
-        candidate = input_scale * scale.flatten()
-        grow = (candidate < smallest_valid) & (candidate > 0)
-        scale = torch.where(grow, smallest_valid / input_scale, candidate / input_scale).view_as(scale)
+        smallest = smallest_bias_scale(b, per_channel) / input_scale  # as a weight scale
+        grow = (scale.flatten() < smallest) & (scale.flatten() > 0)
+        scale = torch.where(grow, smallest, scale.flatten()).view_as(scale)
     scale = scale.float()
     return scale, (input_scale * scale).flatten()
 
@@ -204,10 +207,8 @@ def widen_filters_for_int32_biases(
     qmin, qmax = WEIGHT_GRIDS[weight_type, reduce_range]
     widened = 0
     for block, input_scale in zip((m for m in folded.modules() if isinstance(m, ConvBNAct)), scales):
-        w, b = block.conv.weight, block.conv.bias.double()
-        bias = b.abs() if per_channel else b.abs().max().expand(1)
-        # ORT's margin (1.0001) and span for the smallest valid int32 bias scale, as a weight peak
-        peak_needed = 1.0001 * 2.0 * bias / (float(INT32_MAX) - float(INT32_MIN + 1)) / input_scale * (qmax - qmin) / 2
+        w = block.conv.weight
+        peak_needed = smallest_bias_scale(block.conv.bias, per_channel) / input_scale * (qmax - qmin) / 2
         flat = w.view(w.shape[0], -1) if per_channel else w.view(1, -1)
         peak = flat.abs().amax(1).double()
         for i in torch.nonzero(peak < peak_needed).flatten().tolist():
