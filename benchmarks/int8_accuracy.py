@@ -8,7 +8,10 @@
 calibration on 300 random crops of them (seed 0). ``--data photos-holdout``: calibrate (and fine-tune) on
 300 crops of photos 0-4 only and evaluate on the 50 views of photos 5-9, which nothing has seen.
 ``--qat-steps N`` adds variants fine-tuned through the simulated int8 graph (``deploy/qat.py``) for N steps.
-``--data photo-crops``: 500 random crops (seed 1) instead. ``--data DIR``: any image directory, calibration
+``--data gcompris``: the 219 photographs of animals and objects in Debian's gcompris-qt-data
+(``deploy/debian_photos.py``, fetched with apt-get), one centre-cropped view each; calibration on the 300
+crops of the bundled photos above, so no evaluation photo is seen. ``--data photo-crops``: 500 random crops
+(seed 1) instead. ``--data DIR``: any image directory, calibration
 on ``--calibration DIR``.
 Prints one JSON object (and writes it with ``--out``).
 """
@@ -31,11 +34,15 @@ from mobilenet_v1.deploy import bf16_supported, optimize_for_inference
 from mobilenet_v1.deploy.calibration import batches, list_images
 from mobilenet_v1.deploy.onnx_export import ort_session, read_metadata
 from mobilenet_v1.deploy.quantize import export_int8, resolve_reduce_range
-from mobilenet_v1.deploy.samples import fashion_mnist, photo_crops, photo_views
+from mobilenet_v1.deploy.samples import fashion_mnist, gcompris_photos, photo_crops, photo_views
 
 CONFIDENT = 0.5  # fp32 top-1 probability above which a prediction is not a near-tie
 PHOTOS_DESCRIBED = ("100 views (photo_views: whole, centre and corner crops, mirrors) of the 10 photos bundled "
                     "with skimage/sklearn/matplotlib; calibration: 300 random crops of them (seed 0)")  # fmt: skip
+GCOMPRIS_DESCRIBED = (
+    "the 219 photos of Debian's gcompris-qt-data 3.1-2 (debian_photos.py), whole photo with the model's "
+    "preprocessing; calibration: 300 random crops of the 10 bundled photos (seed 0)"
+)
 
 
 def datasets(kind: str, calibration: str | None):
@@ -54,6 +61,8 @@ def datasets(kind: str, calibration: str | None):
             photo_crops(300, 256, seed=0, which=range(5)),
             "50 views of photos 5-9 (photo_views); calibration and QAT: 300 random crops of photos 0-4 (seed 0)",
         )
+    if kind == "gcompris":
+        return gcompris_photos(), None, photo_crops(300, 256, seed=0), GCOMPRIS_DESCRIBED
     if kind == "photo-crops":  # harder: random 25-100% crops, many of them textures with no clear object
         return photo_crops(500, 256, seed=1), None, photo_crops(300, 256, seed=0), "500 random crops (seed 1)"
     if not calibration:
@@ -63,7 +72,7 @@ def datasets(kind: str, calibration: str | None):
 
 def logits_torch(model, images, pre) -> np.ndarray:
     with torch.inference_mode():
-        return np.concatenate([model(torch.from_numpy(b)).numpy() for b in batches(images, pre, 64)])
+        return np.concatenate([model(torch.from_numpy(b)).float().numpy() for b in batches(images, pre, 64)])
 
 
 def logits_onnx(path, images, pre) -> np.ndarray:
@@ -75,7 +84,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model_dir")
     p.add_argument("--data", default="photos",
-                   help="fashion-mnist, photos, photos-holdout, photo-crops, or an image directory")  # fmt: skip
+                   help="fashion-mnist, photos, photos-holdout, gcompris, photo-crops or an image dir")  # fmt: skip
     p.add_argument("--calibration", help="image directory for calibration (with --data DIR)")
     p.add_argument("--method", default="minmax", help="calibration method: minmax, entropy, percentile")
     p.add_argument("--qat-steps", type=int, default=0, help="add a QAT variant fine-tuned for this many steps")
@@ -94,6 +103,9 @@ def main(argv=None) -> int:
         if bf16_supported():  # a reference for how near-tied this set is: bf16 rounding alone flips some
             fast = optimize_for_inference(model, precision="bf16")
             variants["bf16 (PyTorch inference path)"] = logits_torch(fast, images, pre)[:, offset:]
+        else:  # the same reference through autocast's emulation (slow; numerics of bf16 rounding, not its speed)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                variants["bf16 (autocast, emulated)"] = logits_torch(model, images, pre)[:, offset:]
         # int8 weights are 7-bit on CPUs without VNNI (quantize.default_reduce_range); uint8 ones never are
         result["int8_reduce_range"] = resolve_reduce_range(None, "int8")
         runs = [("int8 per-channel + bias correction", "int8", True, True, 0),

@@ -2,9 +2,11 @@
 
 The per-tensor collapse that Krishnamoorthi 2018 reports (0.1% top-1) happens on the real weights, not a
 constructed example: BN folding leaves depthwise filters whose scales differ by orders of magnitude.
-Evaluated on a fixed set of real photographs (``samples.photo_views``: 100 views of the 10 photos
-bundled with scikit-image, scikit-learn and matplotlib), against fp32 top-1; calibrated on 300 random
-crops of the same photos (``photo_crops``, seed 0).
+Evaluated against fp32 top-1 on two fixed sets of real photographs: ``samples.photo_views`` (100 views of
+the 10 photos bundled with scikit-image, scikit-learn and matplotlib: textures, micrographs and a galaxy
+field among them, so many near-ties) and ``samples.gcompris_photos`` (219 photos of animals and everyday
+objects from Debian's gcompris-qt-data, fetched with apt-get: closer to ImageNet). Calibrated on 300 random
+crops of the 10 bundled photos (``photo_crops``, seed 0): none of the 219 is seen.
 
 Slow (converts, calibrates twice, evaluates): CI runs it (MOBILENET_V1_SLOW=1).
 """
@@ -20,7 +22,7 @@ from mobilenet_v1.convert import convert
 from mobilenet_v1.deploy.calibration import batches
 from mobilenet_v1.deploy.onnx_export import ort_session
 from mobilenet_v1.deploy.quantize import default_reduce_range, export_int8
-from mobilenet_v1.deploy.samples import photo_crops, photo_views
+from mobilenet_v1.deploy.samples import gcompris_photos, photo_crops, photo_views
 from test_convert_assets import google_graph
 
 pytestmark = pytest.mark.slow
@@ -34,9 +36,15 @@ def google(tmp_path_factory):
     convert(google_graph(), work / "model")
     model = from_pretrained(work / "model")
     pre, offset = model.pretrained.preprocessing, model.pretrained.label_offset
-    views, calibration = photo_views(256), photo_crops(300, 256, seed=0)
+    sets = {"views": photo_views(256), "gcompris": gcompris_photos()}
+    calibration = photo_crops(300, 256, seed=0)
+
+    def logits(run, images):
+        return np.concatenate([run(b) for b in batches(images, pre, 50)])[:, offset:]
+
     with torch.inference_mode():
-        fp32 = np.concatenate([model(torch.from_numpy(b)).numpy() for b in batches(views, pre, 50)])[:, offset:]
+        fp32 = {k: logits(lambda b: model(torch.from_numpy(b)).numpy(), v) for k, v in sets.items()}
+    confident = torch.softmax(torch.from_numpy(fp32["gcompris"]), 1).max(1).values.numpy() >= 0.5
     agreement = {}
     for name, per_channel, corrected, weight_type in (
         ("per-tensor", False, False, "int8"), ("per-channel", True, False, "int8"),
@@ -46,13 +54,28 @@ def google(tmp_path_factory):
         export_int8(model, path, calibration, per_channel=per_channel, bias_correction=corrected,
                     weight_type=weight_type)  # fmt: skip
         session = ort_session(path)
-        int8 = np.concatenate([session.run(None, {"input": b})[0] for b in batches(views, pre, 50)])[:, offset:]
-        agreement[name] = 100.0 * float((int8.argmax(1) == fp32.argmax(1)).mean())
+        for key, images in sets.items():
+            same = logits(lambda b, s=session: s.run(None, {"input": b})[0], images).argmax(1) == fp32[key].argmax(1)
+            agreement[name if key == "views" else f"{name}, gcompris"] = 100.0 * float(same.mean())
+            if key == "gcompris":
+                agreement[f"{name}, gcompris, fp32 p >= 0.5"] = 100.0 * float(same[confident].mean())
     return agreement
 
 
 def test_per_tensor_int8_collapses_on_googles_weights(google):
     assert google["per-tensor"] <= 20.0, google  # measured 7%
+    assert google["per-tensor, gcompris"] <= 20.0, google  # measured 0.5% (Zen 3)
+
+
+def test_on_imagenet_like_photos_int8_keeps_the_confident_predictions(google):
+    # Measured on the Zen 3 (7-bit int8 weights): per-channel 75.8%, + bias correction 90.9%, uint8 weights
+    # 95.0% (bf16 rounding alone, autocast: 94.5%); where fp32 is confident (p >= 0.5, 159 of 219 photos)
+    # 98.7% and 99.4%. Every miss is a photo whose fp32 top-1 is in int8's top 5 (benchmarks/int8_accuracy.py).
+    corrected, uint8 = google["per-channel + bias correction, gcompris"], google["uint8 weights, gcompris"]
+    assert corrected >= 88.0 and uint8 >= 90.0, google
+    assert corrected >= google["per-channel, gcompris"] + 8.0, google
+    assert google["per-channel + bias correction, gcompris, fp32 p >= 0.5"] >= 97.0, google
+    assert google["uint8 weights, gcompris, fp32 p >= 0.5"] >= 97.0, google
 
 
 def test_bias_correction_recovers_what_per_channel_rounding_loses(google):

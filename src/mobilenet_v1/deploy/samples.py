@@ -2,11 +2,14 @@
 
 - Fashion-MNIST's IDX files from Debian's ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``);
 - photographs bundled with scikit-image (``skimage.data``), scikit-learn (``load_sample_images``) and
-  matplotlib (``grace_hopper.jpg``).
+  matplotlib (``grace_hopper.jpg``);
+- 219 photographs of animals and objects from Debian's ``gcompris-qt-data`` (``debian_photos.py``: fetched
+  once with ``apt-get download``, SHA-256-checked).
 """
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +46,13 @@ def photos() -> list[np.ndarray]:
     with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
         out.append(np.asarray(Image.open(f).convert("RGB")))
     return [np.ascontiguousarray(p[..., :3]).astype(np.uint8) for p in out]
+
+
+def gcompris_photos() -> list[Image.Image]:
+    """The 219 photographs of ``debian_photos`` (animals, household objects, tools, fish, monuments...), RGB."""
+    from .debian_photos import load  # noqa: PLC0415
+
+    return [Image.open(io.BytesIO(data)).convert("RGB") for _, data in load()]
 
 
 def _chosen(which: Sequence[int] | None) -> list[np.ndarray]:
