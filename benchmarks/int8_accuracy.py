@@ -108,20 +108,22 @@ def main(argv=None) -> int:
                 variants["bf16 (autocast, emulated)"] = logits_torch(model, images, pre)[:, offset:]
         # int8 weights are 7-bit on CPUs without VNNI (quantize.default_reduce_range); uint8 ones never are
         result["int8_reduce_range"] = resolve_reduce_range(None, "int8")
-        runs = [("int8 per-channel + bias correction", "int8", True, True, 0),
-                ("uint8 per-channel + bias correction", "uint8", True, True, 0),
-                ("int8 per-channel", "int8", False, True, 0),
-                ("int8 per-tensor", "int8", False, False, 0)]  # fmt: skip
+        # (name, weight type, bias correction, per-channel, QAT steps, optimal depthwise rounding)
+        runs = [("int8 per-channel + optimal rounding + bias correction (default)", "int8", True, True, 0, True),
+                ("int8 per-channel + bias correction", "int8", True, True, 0, False),
+                ("uint8 per-channel + optimal rounding + bias correction", "uint8", True, True, 0, True),
+                ("uint8 per-channel + bias correction", "uint8", True, True, 0, False),
+                ("int8 per-channel", "int8", False, True, 0, False),
+                ("int8 per-tensor", "int8", False, False, 0, False)]  # fmt: skip
         if args.qat_steps:
-            runs[1:1] = [(f"int8 per-channel + bias correction + QAT ({args.qat_steps} steps)", "int8", True, True,
-                          args.qat_steps),
-                         (f"uint8 per-channel + bias correction + QAT ({args.qat_steps} steps)", "uint8", True, True,
-                          args.qat_steps)]  # fmt: skip
-        for name, weight_type, corrected, per_channel, qat_steps in runs:
+            qat = f"per-channel + optimal rounding + bias correction + QAT ({args.qat_steps} steps)"
+            runs[1:1] = [(f"{w} {qat}", w, True, True, args.qat_steps, True) for w in ("int8", "uint8")]
+        for name, weight_type, corrected, per_channel, qat_steps, optimal in runs:
             start = time.perf_counter()
             path = Path(work) / f"{len(variants)}.int8.onnx"
             report = export_int8(model, path, calib, per_channel, args.method, limit=None, bias_correction=corrected,
-                                 weight_type=weight_type, qat_steps=qat_steps, qat_lr=args.qat_lr)  # fmt: skip
+                                 weight_type=weight_type, qat_steps=qat_steps, qat_lr=args.qat_lr,
+                                 optimal_rounding=optimal)  # fmt: skip
             if report.qat:
                 result.setdefault("qat", {})[name] = report.qat
             if weight_type == "uint8":

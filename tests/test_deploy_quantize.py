@@ -91,6 +91,7 @@ def test_int8_export_keeps_accuracy_and_runs_with_dynamic_batch(weight_type, tra
     meta = read_metadata(out)
     assert meta["quantization"]["weights"] == f"{weight_type} per-channel"
     assert meta["quantization"]["calibration_images"] == 300
+    assert meta["quantization"]["optimal_rounding"] == 13  # every depthwise layer (deploy/rounding.py)
     # 7-bit int8 weights where there is no VNNI; uint8 weights (u8×u8 kernels) don't saturate and stay 8-bit
     assert meta["quantization"]["reduce_range"] == (default_reduce_range() if weight_type == "int8" else False)
     assert meta["class_names"][0] == "T-shirt/top" and meta["preprocessing"]["grayscale"] is True
