@@ -46,13 +46,15 @@ def google(tmp_path_factory):
         fp32 = {k: logits(lambda b: model(torch.from_numpy(b)).numpy(), v) for k, v in sets.items()}
     confident = torch.softmax(torch.from_numpy(fp32["gcompris"]), 1).max(1).values.numpy() >= 0.5
     agreement = {}
-    for name, per_channel, corrected, weight_type in (
-        ("per-tensor", False, False, "int8"), ("per-channel", True, False, "int8"),
-        ("per-channel + bias correction", True, True, "int8"), ("uint8 weights", True, True, "uint8"),
+    for name, per_channel, corrected, weight_type, optimal in (
+        ("per-tensor", False, False, "int8", False), ("per-channel", True, False, "int8", False),
+        ("per-channel + bias correction", True, True, "int8", False),
+        ("default", True, True, "int8", True),  # + optimal depthwise rounding (deploy/rounding.py)
+        ("uint8 weights", True, True, "uint8", True),
     ):  # fmt: skip
         path = work / f"{name}.onnx"
         export_int8(model, path, calibration, per_channel=per_channel, bias_correction=corrected,
-                    weight_type=weight_type)  # fmt: skip
+                    weight_type=weight_type, optimal_rounding=optimal)  # fmt: skip
         session = ort_session(path)
         for key, images in sets.items():
             same = logits(lambda b, s=session: s.run(None, {"input": b})[0], images).argmax(1) == fp32[key].argmax(1)
@@ -68,14 +70,22 @@ def test_per_tensor_int8_collapses_on_googles_weights(google):
 
 
 def test_on_imagenet_like_photos_int8_keeps_the_confident_predictions(google):
-    # Measured on the Zen 3 (7-bit int8 weights): per-channel 75.8%, + bias correction 90.9%, uint8 weights
-    # 95.0% (bf16 rounding alone, autocast: 94.5%); where fp32 is confident (p >= 0.5, 159 of 219 photos)
-    # 98.7% and 99.4%. Every miss is a photo whose fp32 top-1 is in int8's top 5 (benchmarks/int8_accuracy.py).
-    corrected, uint8 = google["per-channel + bias correction, gcompris"], google["uint8 weights, gcompris"]
-    assert corrected >= 88.0 and uint8 >= 90.0, google
+    # Measured on the Zen 3 (7-bit int8 weights), 219 photos: per-channel 75.8%, + bias correction 90.9%,
+    # + optimal depthwise rounding (the default) 94.5%, uint8 weights 95.4% (bf16 rounding alone, autocast:
+    # 94.5%); where fp32 is confident (p >= 0.5, 159 photos) 98.7%, 99.4%, 100%. Every miss is a photo whose
+    # fp32 top-1 is in int8's top 5 (benchmarks/int8_accuracy.py --data gcompris).
+    corrected, default = google["per-channel + bias correction, gcompris"], google["default, gcompris"]
+    assert corrected >= 88.0 and default >= 92.0 and google["uint8 weights, gcompris"] >= 92.0, google
     assert corrected >= google["per-channel, gcompris"] + 8.0, google
-    assert google["per-channel + bias correction, gcompris, fp32 p >= 0.5"] >= 97.0, google
-    assert google["uint8 weights, gcompris, fp32 p >= 0.5"] >= 97.0, google
+    assert default >= corrected + 2.0, google  # what optimal rounding of 13 depthwise layers adds
+    for name in ("per-channel + bias correction", "default", "uint8 weights"):
+        assert google[f"{name}, gcompris, fp32 p >= 0.5"] >= 97.0, google
+
+
+def test_int8_agreement_reaches_the_issues_95_percent_on_imagenet_like_photos(google):
+    # issue 5: >= 95% top-1 agreement with fp32 "on a fixed set of real photos (say which)": the 219
+    # gcompris photos. Measured on the Zen 3: uint8 weights 95.4% (209/219), 7-bit int8 94.5% (207/219).
+    assert max(google["default, gcompris"], google["uint8 weights, gcompris"]) >= 95.0, google
 
 
 def test_bias_correction_recovers_what_per_channel_rounding_loses(google):
@@ -93,9 +103,7 @@ def test_uint8_weights_are_as_good_as_int8_ones(google):
         assert google["uint8 weights"] >= google["per-channel + bias correction"], google
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 5 asks >= 95%; post-training int8 measures 91% (Zen 5), 85% / 90% with uint8 weights (Zen 3)",
-)
-def test_int8_agreement_reaches_the_issues_95_percent(google):
-    assert max(google["per-channel + bias correction"], google["uint8 weights"]) >= 95.0, google
+def test_int8_agreement_reaches_95_percent_on_the_bundled_photo_views_too(google):
+    # The 100 near-tie-heavy views (bf16 alone: 90% on the Zen 5): 85-91% before optimal depthwise rounding
+    # (sessions 3-6), >= 95% with it (session 7, Zen 3; BENCHMARKS.md).
+    assert max(google["default"], google["uint8 weights"]) >= 95.0, google
