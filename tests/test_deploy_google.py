@@ -8,7 +8,7 @@ field among them, so many near-ties) and ``samples.gcompris_photos`` (219 photos
 objects from Debian's gcompris-qt-data, fetched with apt-get: closer to ImageNet). Calibrated on 300 random
 crops of the 10 bundled photos (``photo_crops``, seed 0): none of the 219 is seen.
 
-Slow (converts, calibrates twice, evaluates): CI runs it (MOBILENET_V1_SLOW=1).
+Slow (converts, exports five int8 variants, evaluates both sets): CI runs it (MOBILENET_V1_SLOW=1).
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def google(tmp_path_factory):
     """Top-1 agreement (%) with fp32 of: per-tensor int8, per-channel int8, per-channel + bias correction,
-    and the last with uint8 weights (ONNX Runtime's u8×u8 kernels: full 8-bit weights on any x86 CPU)."""
+    the default export (+ optimal depthwise rounding), and that with uint8 weights (ONNX Runtime's u8×u8
+    kernels: full 8-bit weights on any x86 CPU); on the views (plain keys) and on the gcompris photos."""
     work = tmp_path_factory.mktemp("google")
     convert(google_graph(), work / "model")
     model = from_pretrained(work / "model")
