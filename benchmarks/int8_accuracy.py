@@ -11,8 +11,7 @@ calibration on 300 random crops of them (seed 0). ``--data photos-holdout``: cal
 ``--data gcompris``: the 219 photographs of animals and objects in Debian's gcompris-qt-data
 (``deploy/debian_photos.py``, fetched with apt-get), one centre-cropped view each; calibration on the 300
 crops of the bundled photos above, so no evaluation photo is seen. ``--data photo-crops``: 500 random crops
-(seed 1) instead. ``--data DIR``: any image directory, calibration
-on ``--calibration DIR``.
+(seed 1) instead. ``--data DIR``: any image directory, calibration on ``--calibration DIR``.
 Prints one JSON object (and writes it with ``--out``).
 """
 

@@ -25,15 +25,13 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+from ..pretrained import cache_dir, sha256_of
+
 PACKAGE = "gcompris-qt-data"
 VERSION = "3.1-2"
 DEB = f"{PACKAGE}_{VERSION}_all.deb"
 DEB_SHA256 = "e9cf06ab2105529068df73085784e835d2ff03f870d2a8091f09125d40abac9f"
 RCC_DIR = "./usr/share/gcompris-qt/rcc/"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("MOBILENET_V1_CACHE") or Path.home() / ".cache" / "mobilenet-v1")
 
 
 def manifest() -> list[tuple[str, str, str]]:
@@ -43,16 +41,12 @@ def manifest() -> list[tuple[str, str, str]]:
     return [(bundle, path, sha) for bundle, path, sha in rows]
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def fetch_deb(directory: str | os.PathLike | None = None) -> Path:
     """The pinned ``.deb``, downloaded once with ``apt-get download`` into ``directory`` and SHA-256-checked."""
     directory = Path(directory or cache_dir())
     path = directory / DEB
     if path.is_file():
-        if _sha256(path.read_bytes()) != DEB_SHA256:
+        if sha256_of(path) != DEB_SHA256:
             raise RuntimeError(f"{path}: SHA-256 differs from {PACKAGE} {VERSION}'s; delete it to fetch it again")
         return path
     directory.mkdir(parents=True, exist_ok=True)
@@ -66,7 +60,7 @@ def fetch_deb(directory: str | os.PathLike | None = None) -> Path:
         if result.returncode != 0 or not got.is_file():
             last = (result.stderr.strip().splitlines() or ["no output"])[-1]
             raise RuntimeError(f"apt-get download {PACKAGE}={VERSION} failed ({last}); run apt-get update first?")
-        if _sha256(got.read_bytes()) != DEB_SHA256:
+        if sha256_of(got) != DEB_SHA256:
             raise RuntimeError(f"apt-get download {PACKAGE}={VERSION}: SHA-256 differs from the pinned one")
         got.replace(path)
     return path
@@ -144,7 +138,7 @@ def load(directory: str | None = None) -> tuple[tuple[str, bytes], ...]:
     out = []
     for bundle, path, sha in rows:
         data = files[bundle].get(path)
-        if data is None or _sha256(data) != sha:
+        if data is None or hashlib.sha256(data).hexdigest() != sha:
             raise RuntimeError(f"{DEB}: {bundle} {path} is {'missing' if data is None else 'not the pinned file'}")
         out.append((path.rsplit("/", 1)[-1], data))
     return tuple(out)

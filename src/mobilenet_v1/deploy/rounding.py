@@ -49,13 +49,13 @@ def patch_moments(model: nn.Module, images: torch.Tensor, batch_size: int = 32) 
             x = args[0]
             patches = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
             n, _, length = patches.shape
-            patches = patches.view(n, conv.in_channels, -1, length).double()  # N × C × k × L
-            s1 = patches.sum(dim=(0, 3))
-            s2 = torch.einsum("ncil,ncjl->cij", patches, patches)
+            # C × k × (N·L): one batched GEMM per call (an einsum over N × C × k × L ran ~3× slower)
+            c = conv.in_channels
+            patches = patches.view(n, c, -1, length).permute(1, 2, 0, 3).reshape(c, -1, n * length).double()
             acc = sums.setdefault(name, [0, 0.0, 0.0])
             acc[0] += n * length
-            acc[1] = acc[1] + s1
-            acc[2] = acc[2] + s2
+            acc[1] = acc[1] + patches.sum(dim=2)
+            acc[2] = acc[2] + torch.bmm(patches, patches.transpose(1, 2))
 
         return record
 
@@ -73,6 +73,13 @@ def patch_moments(model: nn.Module, images: torch.Tensor, batch_size: int = 32) 
     return out
 
 
+def peaks(w: torch.Tensor) -> torch.Tensor:
+    """Mask of each row's largest-magnitude weight: the one that sets ORT's per-channel scale."""
+    mask = torch.zeros_like(w, dtype=torch.bool)
+    mask[torch.arange(len(w)), w.abs().argmax(dim=1)] = True
+    return mask
+
+
 def best_rounding(
     w: torch.Tensor, scale: torch.Tensor, cov: torch.Tensor, grid: tuple[int, int], zero: int
 ) -> torch.Tensor:  # fmt: skip
@@ -81,8 +88,7 @@ def best_rounding(
     it sets the scale."""
     t = (w / scale).double()  # C × k
     nearest = torch.round(t)  # ORT: round half to even
-    peak = torch.zeros_like(t, dtype=torch.bool)
-    peak[torch.arange(len(t)), t.abs().argmax(dim=1)] = True
+    peak = peaks(t)
     lo = torch.where(peak, nearest, torch.floor(t))
     hi = torch.where(peak, nearest, lo + 1)
     patterns = torch.tensor(list(itertools.product((0, 1), repeat=t.shape[1])), dtype=torch.float64)  # P × k
@@ -120,9 +126,7 @@ def round_depthwise(
         scale = weight_scale(w, True, reduce_range, weight_type).view(-1)
         q = best_rounding(w, scale.view(-1, 1), cov, DTYPE_RANGES[weight_type], zero)
         on_grid = (q * scale.double().view(-1, 1)).float()
-        peak = torch.zeros_like(w, dtype=torch.bool)
-        peak[torch.arange(len(w)), w.abs().argmax(dim=1)] = True
-        new = torch.where(peak, w, on_grid)  # the peak stays as it is: ORT computes the same scale from it
+        new = torch.where(peaks(w), w, on_grid)  # the peak stays as it is: ORT computes the same scale from it
         conv.bias -= ((new - w).double() * mean).sum(dim=1).to(conv.bias.dtype)
         conv.weight.copy_(new.view_as(conv.weight))
     return folded, len(moments)
