@@ -131,3 +131,55 @@ def test_python_m_train_help():
         [sys.executable, "-m", "mobilenet_v1", "train", "--help"], capture_output=True, text=True, env={**os.environ}
     )
     assert r.returncode == 0 and "--resume" in r.stdout and "--recipe" in r.stdout
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_fp16_loss_scaling_and_its_resume(tmp_path, monkeypatch, capsys):
+    """``--precision fp16``: float16 autocast with a GradScaler (run on the CPU here; a GPU takes the same path).
+
+    At the initial scale (65536) the first steps' fp16 gradients overflow, so the scaler halves its scale and
+    skips those steps (measured: 8192 after epoch 1). A crash after epoch 1's checkpoint, then ``--resume``,
+    must end with the uninterrupted run's weights: a resume that restarted the scaler at 65536 would skip
+    steps again and diverge.
+    """
+    from mobilenet_v1 import rundir
+
+    def argv(out):
+        return ["train", "--out", str(out), *TINY, "--epochs", "2", "--train-subset", "512", "--val-subset", "64",
+                "--batch-size", "32", "--precision", "fp16", "--json"]  # fmt: skip
+
+    full, crashed = tmp_path / "full", tmp_path / "crashed"
+    assert main(argv(full)) == 0
+    capsys.readouterr()
+    state = torch.load(full / "train_state.pt", weights_only=True)
+    assert state["scaler"]["scale"] < 65536.0, state["scaler"]  # overflows happened and were handled
+    assert all(torch.isfinite(v).all() for v in load_file(full / "last.safetensors").values())
+
+    plot = rundir.plot_curves
+
+    def crash_after_first_checkpoint(run_dir, history):
+        plot(run_dir, history)
+        raise _Crash
+
+    monkeypatch.setattr(rundir, "plot_curves", crash_after_first_checkpoint)
+    with pytest.raises(_Crash):
+        main(argv(crashed))
+    assert torch.load(crashed / "train_state.pt", weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(rundir, "plot_curves", plot)
+    assert main(["train", "--resume", str(crashed), "--quiet", "--json"]) == 0
+    a, b = load_file(full / "last.safetensors"), load_file(crashed / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_auto_precision_on_a_gpu_without_bf16_is_fp16(monkeypatch):
+    from mobilenet_v1.evaluate import resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    assert resolve_precision("auto", torch.device("cuda")) == "fp16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    with pytest.raises(ValueError, match="fp32, bf16, fp16"):
+        resolve_precision("fp8", torch.device("cpu"))

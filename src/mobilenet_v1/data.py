@@ -134,6 +134,9 @@ class Batch:
     labels: torch.Tensor
     skipped: int  # corrupt samples dropped from this batch
 
+    def pin_memory(self) -> Batch:  # DataLoader(pin_memory=True) calls this on custom batch types
+        return Batch(self.images.pin_memory(), self.labels.pin_memory(), self.skipped)
+
 
 def collate_skipping(samples) -> Batch:
     good = [s for s in samples if s is not None]
@@ -145,8 +148,13 @@ def collate_skipping(samples) -> Batch:
     return Batch(images, labels, skipped)
 
 
-def train_loader(ds: Dataset, batch_size: int, seed: int, rank: int, world: int, workers: int) -> DataLoader:
-    """Shuffled by DistributedSampler even on one process, so 1×2B and 2×B runs see the same global batches."""
+def train_loader(
+    ds: Dataset, batch_size: int, seed: int, rank: int, world: int, workers: int, pin_memory: bool = False
+) -> DataLoader:
+    """Shuffled by DistributedSampler even on one process, so 1×2B and 2×B runs see the same global batches.
+
+    ``pin_memory`` (for a GPU) lets the host-to-device copies run asynchronously.
+    """
     sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
     return DataLoader(
         ds,
@@ -156,11 +164,22 @@ def train_loader(ds: Dataset, batch_size: int, seed: int, rank: int, world: int,
         collate_fn=collate_skipping,
         drop_last=True,
         persistent_workers=workers > 0,
+        pin_memory=pin_memory,
         generator=torch.Generator(),
     )
 
 
-def eval_loader(ds: Dataset, batch_size: int, rank: int = 0, world: int = 1, workers: int = 0) -> DataLoader:
+def eval_loader(
+    ds: Dataset, batch_size: int, rank: int = 0, world: int = 1, workers: int = 0, pin_memory: bool = False
+) -> DataLoader:
     """Each rank takes every world-th sample, with no padding, so summed counts are exact."""
     shard = ds if world == 1 else Subset(ds, list(range(rank, len(ds), world)))
-    return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_skipping)
+    return DataLoader(
+        shard,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_skipping,
+        persistent_workers=workers > 0,  # evaluated every epoch: start the workers once
+        pin_memory=pin_memory,
+    )

@@ -28,19 +28,25 @@ class Metrics:
         return json.dumps(asdict(self))
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def autocast(device: torch.device, precision: str):
-    """bf16 autocast when ``precision == "bf16"`` (bf16 needs no loss scaling, unlike fp16)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    """Autocast to bf16 or fp16 (fp16 training also needs loss scaling: the trainer's GradScaler)."""
+    dtype = _AUTOCAST_DTYPES.get(precision)
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` picks bf16 on CUDA and on CPUs with native bf16 (AVX-512 BF16 / AMX), else fp32."""
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"precision must be one of auto, fp32, bf16; got {precision!r}")
+    """``auto``: bf16 on GPUs that have it (Ampere and later), fp16 on older GPUs, bf16 on CPUs with
+    native bf16 (AVX-512 BF16 / AMX), else fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        return "bf16"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
 
 

@@ -50,7 +50,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--max-steps-per-epoch", type=int)
     s = p.add_argument_group("speed")
-    s.add_argument("--precision", default="auto", help="auto (bf16 where supported), fp32, bf16")
+    s.add_argument(
+        "--precision",
+        default="auto",
+        help="auto (bf16 where supported; fp16 on GPUs without bf16), fp32, bf16, fp16 (with loss scaling)",
+    )
     s.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     s.add_argument("--compile", action="store_true", help="torch.compile the model")
     s.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (GPU)")
