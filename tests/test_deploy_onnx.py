@@ -71,7 +71,7 @@ def test_failed_verification_leaves_nothing(model_dir, tmp_path, monkeypatch):
     original = onnx_export.verify_onnx
     # a tolerance no export can meet: the check fails after the file was fully written to its temporary
     monkeypatch.setattr(
-        onnx_export, "verify_onnx", lambda path, model, name=None: original(path, model, atol=-1.0, name=name)
+        onnx_export, "verify_onnx", lambda path, model, **kw: original(path, model, **{**kw, "atol": -1.0})
     )
     with pytest.raises(ValueError, match="differs from PyTorch"):
         export_onnx(from_pretrained(model_dir), tmp_path / "m.onnx")
@@ -103,8 +103,12 @@ def test_cli_bad_inputs_are_one_line_and_write_nothing(model_dir, tmp_path, caps
     assert "--int8 needs --calibration" in err
     err = _one_line_error(capsys, ["export", str(model_dir), "--weight-type", "uint8", "-o", str(out)])
     assert "only used with --int8" in err
-    err = _one_line_error(capsys, ["export", str(model_dir), "--nearest-rounding", "-o", str(out)])
-    assert "--nearest-rounding are only used with --int8" in err
+    for flag in ("--nearest-rounding", "--round-pointwise"):
+        err = _one_line_error(capsys, ["export", str(model_dir), flag, "-o", str(out)])
+        assert "--round-pointwise are only used with --int8" in err
+    err = _one_line_error(capsys, ["export", str(model_dir), "--int8", "--calibration", str(empty), "-o", str(out),
+                                   "--nearest-rounding", "--round-pointwise"])  # fmt: skip
+    assert "contradict each other" in err
     err = _one_line_error(capsys, ["export", str(model_dir), "--qat-steps", "10", "-o", str(out)])
     assert "--qat-steps and --qat-lr are only used with --int8" in err
     err = _one_line_error(capsys, ["export", str(model_dir), "--int8", "--calibration", str(empty), "--qat-steps",

@@ -78,12 +78,14 @@ def test_bf16_inference_path_agrees_on_real_images(trained):
     assert (got == want).float().mean().item() >= 0.98
 
 
-@pytest.mark.parametrize("weight_type", ["int8", "uint8"])
-def test_int8_export_keeps_accuracy_and_runs_with_dynamic_batch(weight_type, trained, calibration_dir, tmp_path):
+@pytest.mark.parametrize(("weight_type", "pointwise"), [("int8", False), ("uint8", False), ("int8", True)])
+def test_int8_export_keeps_accuracy_and_runs_with_dynamic_batch(
+    weight_type, pointwise, trained, calibration_dir, tmp_path
+):
     model_dir, model, x, y = trained
     out = tmp_path / "int8.onnx"
     argv = ["export", str(model_dir), "--int8", "--calibration", str(calibration_dir), "-o", str(out)]
-    argv += ["--weight-type", weight_type]
+    argv += ["--weight-type", weight_type] + (["--round-pointwise"] if pointwise else [])
     assert main(argv) == 0
     proto = onnx.load(str(out))
     ops = {n.op_type for n in proto.graph.node}
@@ -91,7 +93,8 @@ def test_int8_export_keeps_accuracy_and_runs_with_dynamic_batch(weight_type, tra
     meta = read_metadata(out)
     assert meta["quantization"]["weights"] == f"{weight_type} per-channel"
     assert meta["quantization"]["calibration_images"] == 300
-    assert meta["quantization"]["optimal_rounding"] == 13  # every depthwise layer (deploy/rounding.py)
+    # every depthwise layer (deploy/rounding.py), and with --round-pointwise the stem and 13 pointwise ones
+    assert meta["quantization"]["optimal_rounding"] == (27 if pointwise else 13)
     # 7-bit int8 weights where there is no VNNI; uint8 weights (u8×u8 kernels) don't saturate and stay 8-bit
     assert meta["quantization"]["reduce_range"] == (default_reduce_range() if weight_type == "int8" else False)
     assert meta["class_names"][0] == "T-shirt/top" and meta["preprocessing"]["grayscale"] is True

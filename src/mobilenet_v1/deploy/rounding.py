@@ -1,13 +1,18 @@
-"""Optimal rounding of depthwise filters to ONNX Runtime's int8 weight grid (the objective of AdaRound, Nagel
-et al. 2020, solved exactly where it is small).
+"""Optimal rounding of convolution weights to ONNX Runtime's int8 weight grid (the objective of AdaRound, Nagel
+et al. 2020: solved exactly for depthwise filters, greedily for the others).
 
 Rounding each weight to the *nearest* grid point is not what keeps a layer's output closest to float: the
 errors of a filter's weights meet in one output and can add up or cancel. For a filter ``w`` with grid
 step ``s``, the output error on an input patch ``x`` is ``Δ·x`` with ``Δ = q·s − w``; its mean is what
 bias correction removes, and what is left is ``E[(Δ·(x − μ))²] = Δᵀ Σ Δ``, ``Σ`` the covariance of the
 filter's input patches over calibration images. A 3×3 depthwise filter has 9 weights, so all 2⁹ = 512
-ways of rounding each one down or up can be tried, per channel, exactly. Pointwise filters have 32–1024
-weights and stay rounded to nearest (by ONNX Runtime).
+ways of rounding each one down or up can be tried, per channel, exactly. Pointwise filters (and the stem's)
+have 27–1024 weights that all see the same inputs: one covariance per layer, and a greedy descent from
+round-to-nearest that flips, in each filter, the one weight whose flip lowers ``Δᵀ Σ Δ`` most, until no
+flip helps (:func:`greedy_rounding`). That one is opt-in (``export --round-pointwise``): on Google's model it
+lowers the KL of the int8 softmax to float's by 10–25% but leaves top-1 agreement where it was, within a few
+photos either way (``BENCHMARKS.md``); a pointwise covariance of up to 1024 × 1024 is poorly determined by a
+few hundred calibration images.
 
 On Google's ImageNet MobileNet-V1 the first depthwise layer's 288 weights cause about half of the int8
 model's whole distillation error (``BENCHMARKS.md``); this module leaves ORT nothing to round there.
@@ -27,6 +32,7 @@ from .fold import fold_bn
 from .quantize import DTYPE_RANGES, WEIGHT_GRIDS, resolve_reduce_range
 
 MAX_TAPS = 12  # 2**12 rounding patterns per filter at most (3×3 kernels have 9 taps)
+MAX_PASSES = 200  # greedy flips per filter at most (Google's model: see BENCHMARKS.md)
 
 
 def _depthwise(module: nn.Module) -> bool:
@@ -37,25 +43,34 @@ def _depthwise(module: nn.Module) -> bool:
     )
 
 
+def _dense(module: nn.Module) -> bool:
+    """The stem and pointwise convolutions: every filter sees the same input patches."""
+    return isinstance(module, nn.Conv2d) and module.groups == 1
+
+
 @torch.no_grad()
-def patch_moments(model: nn.Module, images: torch.Tensor, batch_size: int = 32) -> dict[str, tuple]:
-    """Per depthwise conv: (mean, covariance) of each channel's input patches, float64 (C×k, C×k×k), over
-    ``images`` through the float model — padding included, as the convolution sees them."""
-    convs = {n: m for n, m in model.named_modules() if _depthwise(m)}
+def patch_moments(model: nn.Module, images: torch.Tensor, batch_size: int = 32, dense: bool = False) -> dict:
+    """Mean and covariance of each conv's input patches over ``images`` through the float model (float64,
+    padding included, as the convolution sees them): per channel for depthwise convs (C×k, C×k×k) and, with
+    ``dense``, one per stem/pointwise conv (K, K×K)."""
+    convs = {n: m for n, m in model.named_modules() if _depthwise(m) or (dense and _dense(m))}
     sums: dict[str, list] = {}
 
     def hook(name, conv):
         def record(_module, args):
-            x = args[0]
-            patches = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
-            n, _, length = patches.shape
-            # C × k × (N·L): one batched GEMM per call (an einsum over N × C × k × L ran ~3× slower)
-            c = conv.in_channels
-            patches = patches.view(n, c, -1, length).permute(1, 2, 0, 3).reshape(c, -1, n * length).double()
+            patches = F.unfold(args[0], conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+            n, k, length = patches.shape
+            if conv.groups == 1:  # K × (N·L)
+                patches = patches.permute(1, 0, 2).reshape(k, n * length).double()
+                gram = patches @ patches.T
+            else:  # C × k × (N·L): one batched GEMM per call (an einsum over N × C × k × L ran ~3× slower)
+                c = conv.in_channels
+                patches = patches.view(n, c, -1, length).permute(1, 2, 0, 3).reshape(c, -1, n * length).double()
+                gram = torch.bmm(patches, patches.transpose(1, 2))
             acc = sums.setdefault(name, [0, 0.0, 0.0])
             acc[0] += n * length
-            acc[1] = acc[1] + patches.sum(dim=2)
-            acc[2] = acc[2] + torch.bmm(patches, patches.transpose(1, 2))
+            acc[1] = acc[1] + patches.sum(dim=-1)
+            acc[2] = acc[2] + gram
 
         return record
 
@@ -66,11 +81,8 @@ def patch_moments(model: nn.Module, images: torch.Tensor, batch_size: int = 32) 
     finally:
         for h in handles:
             h.remove()
-    out = {}
-    for name, (count, s1, s2) in sums.items():
-        mean = s1 / count
-        out[name] = (mean, s2 / count - mean[:, :, None] * mean[:, None, :])
-    return out
+    return {name: (s1 / count, s2 / count - s1[..., :, None] * s1[..., None, :] / count**2)
+            for name, (count, s1, s2) in sums.items()}  # fmt: skip
 
 
 def peaks(w: torch.Tensor) -> torch.Tensor:
@@ -102,14 +114,46 @@ def best_rounding(
     return q[torch.arange(len(t)), cost.argmin(dim=1)]
 
 
+def greedy_rounding(
+    w: torch.Tensor, scale: torch.Tensor, cov: torch.Tensor, grid: tuple[int, int], zero: int,
+    max_passes: int = MAX_PASSES,
+) -> torch.Tensor:  # fmt: skip
+    """Integer levels (C×K, relative to the zero point) lowering ``Δᵀ Σ Δ`` from round-to-nearest, for filters
+    too large to search exhaustively that share one input covariance ``Σ`` (K×K). Each pass flips, in every
+    filter, the weight (down ↔ up) whose flip lowers its cost most, while any does; the same constraints as
+    :func:`best_rounding` (the peak keeps ORT's rounding, no weight outgrows it, the grid's bounds)."""
+    t = (w / scale).double()
+    s = scale.double().expand_as(t)
+    q = torch.round(t)
+    peak = peaks(t)
+    limit = torch.floor(t.abs().amax(dim=1, keepdim=True) + 1e-6)
+    down, up = torch.floor(t), torch.floor(t) + 1
+    grad = ((q - t) * s) @ cov  # C × K: Σ Δ per filter, kept up to date
+    diag = torch.diagonal(cov)
+    rows_all = torch.arange(len(t))
+    for _ in range(max_passes):
+        other = torch.where(q == down, up, down)
+        allowed = ~peak & (other + zero >= grid[0]) & (other + zero <= grid[1]) & (other.abs() <= limit)
+        step = (other - q) * s
+        gain = torch.where(allowed, 2 * step * grad + step**2 * diag, torch.inf)  # change of Δᵀ Σ Δ
+        best, j = gain.min(dim=1)
+        rows = rows_all[best < 0]
+        if not len(rows):
+            break
+        cols = j[rows]
+        q[rows, cols] = other[rows, cols]
+        grad[rows] += step[rows, cols, None] * cov[cols]
+    return q
+
+
 @torch.no_grad()
-def round_depthwise(
+def round_weights(
     model: nn.Module, images: np.ndarray | torch.Tensor, reduce_range: bool | None = None,
-    weight_type: str = "int8",
+    weight_type: str = "int8", dense: bool = False,
 ) -> tuple[nn.Module, int]:  # fmt: skip
-    """A BN-folded copy of ``model`` whose depthwise filters lie on ORT's per-channel weight grid, rounded by
-    :func:`best_rounding`, with biases that absorb the mean of the chosen rounding errors. Returns it and the
-    number of depthwise layers rounded.
+    """A BN-folded copy of ``model`` whose depthwise filters (and, with ``dense``, stem and pointwise filters)
+    lie on ORT's per-channel weight grid, rounded by :func:`best_rounding` (:func:`greedy_rounding`), with
+    biases that absorb the mean of the chosen rounding errors. Returns it and the number of layers rounded.
 
     Run before :func:`~.bias_correction.bias_correct`: ORT then finds these weights already on its grid and
     only each filter's largest weight left to round (bias correction covers that one).
@@ -118,15 +162,18 @@ def round_depthwise(
     qmin, qmax = WEIGHT_GRIDS[weight_type, reduce_range]
     zero = round((qmin + qmax) / 2)
     folded = fold_bn(model)
-    moments = patch_moments(folded, torch.as_tensor(np.asarray(images), dtype=torch.float32))
+    moments = patch_moments(folded, torch.as_tensor(np.asarray(images), dtype=torch.float32), dense=dense)
     convs = dict(folded.named_modules())
     for name, (mean, cov) in moments.items():
         conv = convs[name]
         w = conv.weight.view(conv.out_channels, -1)
-        scale = weight_scale(w, True, reduce_range, weight_type).view(-1)
-        q = best_rounding(w, scale.view(-1, 1), cov, DTYPE_RANGES[weight_type], zero)
-        on_grid = (q * scale.double().view(-1, 1)).float()
+        scale = weight_scale(w, True, reduce_range, weight_type).view(-1, 1)
+        choose = greedy_rounding if conv.groups == 1 else best_rounding
+        q = choose(w, scale, cov, DTYPE_RANGES[weight_type], zero)
+        on_grid = (q * scale.double()).float()
         new = torch.where(peaks(w), w, on_grid)  # the peak stays as it is: ORT computes the same scale from it
-        conv.bias -= ((new - w).double() * mean).sum(dim=1).to(conv.bias.dtype)
+        error = (new - w).double()
+        shift = error @ mean if conv.groups == 1 else (error * mean).sum(dim=1)
+        conv.bias -= shift.to(conv.bias.dtype)
         conv.weight.copy_(new.view_as(conv.weight))
     return folded, len(moments)
