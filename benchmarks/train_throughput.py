@@ -145,12 +145,17 @@ def main() -> None:
         "load_after": os.getloadavg(),
         "rows": rows,
     }
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out + ".json", "w") as f:
+    write_results(args.out, result, markdown(result))
+
+
+def write_results(out: str, result: dict, table: str) -> None:
+    """``out``.json and ``out``.md, and the table on stdout."""
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out + ".json", "w") as f:
         json.dump(result, f, indent=2)
-    with open(args.out + ".md", "w") as f:
-        f.write(markdown(result))
-    print(markdown(result))
+    with open(out + ".md", "w") as f:
+        f.write(table)
+    print(table)
 
 
 def _cpu_model() -> str:
@@ -170,18 +175,23 @@ def markdown(result: dict) -> str:
         "| size | config | img/s (median) | spread | × timm best eager (untuned) |",
         "|---:|---|---:|---|---:|",
     ]
-    for size in sorted({r["size"] for r in result["rows"]}, reverse=True):
-        rows = [r for r in result["rows"] if r["size"] == size]
-        untuned_timm = [r["images_per_s"] for r in rows
-                        if CONFIGS[r["config"]][0] == "timm" and not CONFIGS[r["config"]][4]]  # fmt: skip
-        timm_best = max(untuned_timm, default=float("nan"))
-        for r in rows:
+    untuned_timm = lambda r: CONFIGS[r["config"]][0] == "timm" and not CONFIGS[r["config"]][4]  # noqa: E731
+    return "\n".join(lines + ratio_lines(result["rows"], "size", untuned_timm, digits=1, descending=True)) + "\n"
+
+
+def ratio_lines(rows: list[dict], key: str, baseline, digits: int, descending: bool = False) -> list[str]:
+    """Markdown rows grouped by ``key``: images/s, spread, and the ratio to the group's best ``baseline`` row."""
+    lines = []
+    for value in sorted({r[key] for r in rows}, reverse=descending):
+        group = [r for r in rows if r[key] == value]
+        best = max((r["images_per_s"] for r in group if baseline(r)), default=float("nan"))
+        for r in group:
             lo, hi = r["spread_images_per_s"]
             lines.append(
-                f"| {size} | {r['config']} | {r['images_per_s']:.1f} | {lo:.1f}–{hi:.1f} | "
-                f"{r['images_per_s'] / timm_best:.2f} |"
+                f"| {value} | {r['config']} | {r['images_per_s']:.{digits}f} | {lo:.{digits}f}–{hi:.{digits}f} | "
+                f"{r['images_per_s'] / best:.2f} |"
             )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":

@@ -19,12 +19,13 @@ with PyTorch's defaults (TF32 allowed in cuDNN convolutions).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import sys
 import time
+
+from train_throughput import ratio_lines, write_results  # benchmarks/ is the script's directory
 
 CONFIGS = {
     # name: (implementation, channels_last, autocast dtype name or None, torch.compile)
@@ -140,12 +141,7 @@ def main() -> None:
         "iters_per_round": args.iters,
         "rows": rows,
     }
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(result, f, indent=2)
-    with open(args.out + ".md", "w") as f:
-        f.write(markdown(result))
-    print(markdown(result))
+    write_results(args.out, result, markdown(result))
 
 
 def markdown(result: dict) -> str:
@@ -156,17 +152,8 @@ def markdown(result: dict) -> str:
         "| batch | config | img/s (median) | spread | × timm best eager |",
         "|---:|---|---:|---|---:|",
     ]
-    for batch in sorted({r["batch"] for r in result["rows"]}):
-        rows = [r for r in result["rows"] if r["batch"] == batch]
-        timm_eager = [r["images_per_s"] for r in rows if CONFIGS[r["config"]][0] == "timm"]
-        timm_best = max(timm_eager, default=float("nan"))
-        for r in rows:
-            lo, hi = r["spread_images_per_s"]
-            lines.append(
-                f"| {batch} | {r['config']} | {r['images_per_s']:.0f} | {lo:.0f}–{hi:.0f} | "
-                f"{r['images_per_s'] / timm_best:.2f} |"
-            )
-    return "\n".join(lines) + "\n"
+    timm = lambda r: CONFIGS[r["config"]][0] == "timm"  # noqa: E731
+    return "\n".join(lines + ratio_lines(result["rows"], "batch", timm, digits=0)) + "\n"
 
 
 if __name__ == "__main__":
