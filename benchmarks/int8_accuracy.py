@@ -112,25 +112,25 @@ def main(argv=None) -> int:
                 variants["bf16 (autocast, emulated)"] = logits_torch(model, images, pre)[:, offset:]
         # int8 weights are 7-bit on CPUs without VNNI (quantize.default_reduce_range); uint8 ones never are
         result["int8_reduce_range"] = resolve_reduce_range(None, "int8")
-        # (name, weight type, bias correction, per-channel, QAT steps, optimal rounding: 0 none, 1 depthwise, 2 all)
-        runs = [("int8 per-channel + optimal rounding + bias correction (default)", "int8", True, True, 0, 1),
-                ("int8 per-channel + bias correction", "int8", True, True, 0, 0),
-                ("uint8 per-channel + optimal rounding + bias correction", "uint8", True, True, 0, 1),
-                ("uint8 per-channel + bias correction", "uint8", True, True, 0, 0),
-                ("int8 per-channel", "int8", False, True, 0, 0),
-                ("int8 per-tensor", "int8", False, False, 0, 0)]  # fmt: skip
+        # (name, weight type, bias correction, per-channel, QAT steps, optimal rounding of: none, depthwise, all)
+        runs = [("int8 per-channel + optimal rounding + bias correction (default)", "int8", True, True, 0, "depthwise"),
+                ("int8 per-channel + bias correction", "int8", True, True, 0, "none"),
+                ("uint8 per-channel + optimal rounding + bias correction", "uint8", True, True, 0, "depthwise"),
+                ("uint8 per-channel + bias correction", "uint8", True, True, 0, "none"),
+                ("int8 per-channel", "int8", False, True, 0, "none"),
+                ("int8 per-tensor", "int8", False, False, 0, "none")]  # fmt: skip
         if args.round_pointwise:
             everything = "per-channel + optimal rounding incl. stem and pointwise + bias correction"
-            runs[1:1] = [(f"{w} {everything}", w, True, True, 0, 2) for w in ("int8", "uint8")]
+            runs[1:1] = [(f"{w} {everything}", w, True, True, 0, "all") for w in ("int8", "uint8")]
         if args.qat_steps:
             qat = f"per-channel + optimal rounding + bias correction + QAT ({args.qat_steps} steps)"
-            runs[1:1] = [(f"{w} {qat}", w, True, True, args.qat_steps, 1) for w in ("int8", "uint8")]
-        for name, weight_type, corrected, per_channel, qat_steps, optimal in runs:
+            runs[1:1] = [(f"{w} {qat}", w, True, True, args.qat_steps, "depthwise") for w in ("int8", "uint8")]
+        for name, weight_type, corrected, per_channel, qat_steps, rounded in runs:
             start = time.perf_counter()
             path = Path(work) / f"{len(variants)}.int8.onnx"
             report = export_int8(model, path, calib, per_channel, args.method, limit=None, bias_correction=corrected,
                                  weight_type=weight_type, qat_steps=qat_steps, qat_lr=args.qat_lr,
-                                 optimal_rounding=optimal > 0, round_pointwise=optimal == 2)  # fmt: skip
+                                 optimal_rounding=rounded != "none", round_pointwise=rounded == "all")  # fmt: skip
             if report.qat:
                 result.setdefault("qat", {})[name] = report.qat
             if weight_type == "uint8":

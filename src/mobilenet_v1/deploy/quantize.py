@@ -206,7 +206,8 @@ def export_int8(
     if optimal_rounding:
         from .rounding import round_weights  # noqa: PLC0415
 
-        source, notes["optimal_rounding"] = round_weights(source, images, reduce_range, weight_type, round_pointwise)
+        source, notes["optimal_rounding"] = round_weights(source, images, reduce_range, weight_type,
+                                                           dense=round_pointwise)  # fmt: skip
     if bias_correction:
         source = bias_correct(source, images, per_channel=per_channel, reduce_range=reduce_range,
                               weight_type=weight_type)  # fmt: skip

@@ -92,22 +92,27 @@ def peaks(w: torch.Tensor) -> torch.Tensor:
     return mask
 
 
+def _on_grid_units(w: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Weights in grid steps (float64), each row's peak, and the level no other weight may pass: beyond it ORT
+    would derive a different scale (uint8: the peak is 127.5 steps)."""
+    t = (w / scale).double()
+    return t, peaks(t), torch.floor(t.abs().amax(dim=1, keepdim=True) + 1e-6)
+
+
 def best_rounding(
     w: torch.Tensor, scale: torch.Tensor, cov: torch.Tensor, grid: tuple[int, int], zero: int
 ) -> torch.Tensor:  # fmt: skip
     """Integer levels (C×k, relative to the zero point) minimising ``Δᵀ Σ Δ`` per channel, each weight
     rounded down or up (never past the peak); each channel's largest-magnitude weight keeps ORT's rounding, since
     it sets the scale."""
-    t = (w / scale).double()  # C × k
+    t, peak, limit = _on_grid_units(w, scale)  # C × k
     nearest = torch.round(t)  # ORT: round half to even
-    peak = peaks(t)
     lo = torch.where(peak, nearest, torch.floor(t))
     hi = torch.where(peak, nearest, lo + 1)
     patterns = torch.tensor(list(itertools.product((0, 1), repeat=t.shape[1])), dtype=torch.float64)  # P × k
     q = lo[:, None, :] + patterns[None] * (hi - lo)[:, None, :]  # C × P × k
     q = (q + zero).clamp(*grid).sub(zero)
-    # no other weight may outgrow the peak, or ORT would derive a different scale (uint8: peak = 127.5 steps)
-    limit = torch.floor(t.abs().amax(dim=1) + 1e-6).view(-1, 1, 1)
+    limit = limit.view(-1, 1, 1)
     q = torch.where(peak[:, None, :], q, q.clamp(-limit, limit))
     delta = (q - t[:, None, :]) * scale.double().view(-1, 1, 1)
     cost = torch.einsum("cpi,cij,cpj->cp", delta, cov, delta)
@@ -122,11 +127,9 @@ def greedy_rounding(
     too large to search exhaustively that share one input covariance ``Σ`` (K×K). Each pass flips, in every
     filter, the weight (down ↔ up) whose flip lowers its cost most, while any does; the same constraints as
     :func:`best_rounding` (the peak keeps ORT's rounding, no weight outgrows it, the grid's bounds)."""
-    t = (w / scale).double()
+    t, peak, limit = _on_grid_units(w, scale)
     s = scale.double().expand_as(t)
     q = torch.round(t)
-    peak = peaks(t)
-    limit = torch.floor(t.abs().amax(dim=1, keepdim=True) + 1e-6)
     down, up = torch.floor(t), torch.floor(t) + 1
     grad = ((q - t) * s) @ cov  # C × K: Σ Δ per filter, kept up to date
     diag = torch.diagonal(cov)
