@@ -33,7 +33,10 @@ CONFIGS = {
     "ours-bf16-cl-tuned": ("ours", True, True, False, True),
     "timm-cl-tuned": ("timm", True, False, False, True),
     "timm-bf16-cl-tuned": ("timm", True, True, False, True),
+    # + the fused batch norm + ReLU kernel (fused.py): what `mobilenet-v1 train` runs on a CPU in fp32
+    "ours-cl-tuned-fused": ("ours", True, False, False, True),
 }
+FUSED = {"ours-cl-tuned-fused"}
 
 
 def worker(name: str, size: int, batch: int, iters: int, warmup: int) -> dict:
@@ -54,6 +57,10 @@ def worker(name: str, size: int, batch: int, iters: int, warmup: int) -> dict:
         from mobilenet_v1 import create_model
 
         model = create_model("mobilenet_v1_100_224")
+        if name in FUSED:
+            from mobilenet_v1 import fused
+
+            assert fused.enable(model), "the fused kernel could not be built here"
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format).train()
     step_model = torch.compile(model) if compiled else model

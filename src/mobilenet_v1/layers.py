@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused
+
 ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6}
 PADDINGS = ("symmetric", "tf_same")
 
@@ -42,7 +44,13 @@ def make_conv(in_ch: int, out_ch: int, kernel: int, stride: int, dilation: int, 
 
 
 class ConvBNAct(nn.Sequential):
-    """conv → BN → ReLU: every convolution in Table 1 is followed by batch norm and ReLU (Section 3.2)."""
+    """conv → BN → ReLU: every convolution in Table 1 is followed by batch norm and ReLU (Section 3.2).
+
+    ``fused_bn_relu`` (set by :func:`mobilenet_v1.fused.enable`) lets training on the CPU run BN + ReLU as one
+    kernel where it applies; the parameters, state dict and results are the same either way.
+    """
+
+    fused_bn_relu = False
 
     def __init__(
         self,
@@ -60,3 +68,9 @@ class ConvBNAct(nn.Sequential):
         self.conv = make_conv(in_ch, out_ch, kernel, stride, dilation, groups, padding)
         self.bn = nn.BatchNorm2d(out_ch, eps=bn_eps)
         self.act = ACTIVATIONS[activation](inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if self.fused_bn_relu and fused.applies(self.bn, x):
+            return fused.batch_norm_relu(self.bn, x)
+        return self.act(self.bn(x))

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from . import data as data_mod
-from . import rundir
+from . import fused, rundir
 from .allocator import keep_freed_memory
 from .checkpoint import WEIGHTS_NAME, Pretrained, read_config, save_weights, write_json
 from .distributed import DistInfo, all_gather_objects, all_sum, average_buffers, barrier, setup, teardown
@@ -50,6 +50,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 with loss scaling)
     channels_last: bool = True
     compile: bool = False
+    fused_kernels: bool = True  # CPU, fp32: batch norm + ReLU as one compiled kernel where it applies (fused.py)
     sync_bn: bool = False  # SyncBatchNorm (GPU only in PyTorch)
     augment: bool = True
     train_subset: int | None = None
@@ -210,6 +211,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainResult:
             scaler.load_state_dict(state["scaler"])
         start_epoch, step, best = state["epoch"], state["step"], state["best_top1"]
         history = state["history"]
+    if info.device.type == "cpu" and cfg.fused_kernels and not cfg.compile:
+        fused.enable(model)  # a no-op where the kernel cannot be built (no compiler, no AVX2)
     net: nn.Module = model
     if cfg.sync_bn and info.enabled:
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)

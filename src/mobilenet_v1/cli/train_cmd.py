@@ -57,6 +57,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     s.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     s.add_argument("--compile", action="store_true", help="torch.compile the model")
+    s.add_argument(
+        "--no-fused-kernels",
+        dest="fused_kernels",
+        action="store_false",
+        help="CPU: run batch norm and ReLU as PyTorch's separate operators, not the compiled fused kernel",
+    )
     s.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (GPU)")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--tensorboard", action="store_true")
@@ -95,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         channels_last=args.channels_last,
         compile=args.compile,
+        fused_kernels=args.fused_kernels,
         sync_bn=args.sync_bn,
         augment=args.augment,
         train_subset=args.train_subset,

@@ -1,0 +1,113 @@
+/* Batch norm with batch statistics, fused with ReLU, for training on x86 CPUs (AVX2 + FMA).
+
+   Maps are float32, channels-last, viewed as [M, C] rows (M = N*H*W, C % 8 == 0). PyTorch runs
+   batch_norm + relu_ as separate passes over memory (forward: statistics, normalise, ReLU; backward: ReLU
+   mask, two batch-norm passes); these do two passes each way. The backward pass re-derives the ReLU mask
+   from x and the forward scale/shift instead of reading the output, and maps larger than the caches are
+   written with streaming stores. Built and loaded by mobilenet_v1/fused.py; threads are OpenMP's, the
+   same libgomp instance PyTorch uses. */
+#include <immintrin.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if !defined(__AVX2__) || !defined(__FMA__)
+#error "these kernels need AVX2 and FMA"
+#endif
+
+#define BLOCK_ROWS 64 /* rows summed in float before they join the per-thread double totals */
+
+/* Per-channel sums over all rows, in double, of x - k (k: a per-channel shift, against cancellation).
+   mode 0 (statistics): s1 += x - k, s2 += (x - k)^2. mode 1 (gradient, k = the batch mean): with the ReLU mask
+   m = ((x - k)*a + b > 0), s1 += m*g, s2 += m*g*(x - k). */
+static void channel_sums(const float *x, const float *g, const float *k, const float *a, const float *b, int64_t M,
+                         int64_t C, double *s1, double *s2, int mode) {
+  int nt = omp_get_max_threads();
+  double *part = (double *)calloc((size_t)nt * 2 * C, sizeof(double));
+#pragma omp parallel num_threads(nt)
+  {
+    int t = omp_get_thread_num(), T = omp_get_num_threads();
+    double *p1 = part + (size_t)t * 2 * C, *p2 = p1 + C;
+    float *a1 = (float *)aligned_alloc(32, sizeof(float) * 2 * C), *a2 = a1 + C;
+    int64_t blocks = (M + BLOCK_ROWS - 1) / BLOCK_ROWS;
+    for (int64_t blk = blocks * t / T; blk < blocks * (t + 1) / T; blk++) {
+      memset(a1, 0, sizeof(float) * 2 * C);
+      int64_t end = (blk + 1) * BLOCK_ROWS < M ? (blk + 1) * BLOCK_ROWS : M;
+      for (int64_t r = blk * BLOCK_ROWS; r < end; r++) {
+        const float *xr = x + r * C;
+        for (int64_t c = 0; c < C; c += 8) {
+          __m256 d = _mm256_sub_ps(_mm256_loadu_ps(xr + c), _mm256_loadu_ps(k + c)), u, v;
+          if (mode == 0) {
+            u = d;
+            v = _mm256_mul_ps(d, d);
+          } else {
+            __m256 pre = _mm256_fmadd_ps(d, _mm256_loadu_ps(a + c), _mm256_loadu_ps(b + c));
+            u = _mm256_and_ps(_mm256_cmp_ps(pre, _mm256_setzero_ps(), _CMP_GT_OQ), _mm256_loadu_ps(g + r * C + c));
+            v = _mm256_mul_ps(u, d);
+          }
+          _mm256_store_ps(a1 + c, _mm256_add_ps(_mm256_load_ps(a1 + c), u));
+          _mm256_store_ps(a2 + c, _mm256_add_ps(_mm256_load_ps(a2 + c), v));
+        }
+      }
+      for (int64_t c = 0; c < C; c++) {
+        p1[c] += a1[c];
+        p2[c] += a2[c];
+      }
+    }
+    free(a1);
+  }
+  for (int64_t c = 0; c < C; c++) s1[c] = s2[c] = 0.0;
+  for (int t = 0; t < nt; t++) /* fixed order: results do not depend on timing */
+    for (int64_t c = 0; c < C; c++) {
+      s1[c] += part[(size_t)t * 2 * C + c];
+      s2[c] += part[(size_t)t * 2 * C + C + c];
+    }
+  free(part);
+}
+
+static inline void store8(float *p, __m256 v, int stream) {
+  if (stream)
+    _mm256_stream_ps(p, v);
+  else
+    _mm256_storeu_ps(p, v);
+}
+
+/* sum[c] = sum of (x - x[0, c]), sumsq[c] = sum of (x - x[0, c])^2 */
+void bn_relu_stats(const float *x, int64_t M, int64_t C, double *sum, double *sumsq) {
+  channel_sums(x, NULL, x, NULL, NULL, M, C, sum, sumsq, 0);
+}
+
+/* y = max((x - mean)*a + b, 0) */
+void bn_relu_apply(const float *x, float *y, int64_t M, int64_t C, const float *mean, const float *a, const float *b,
+                   int stream) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < M; r++)
+    for (int64_t c = 0; c < C; c += 8) {
+      __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + r * C + c), _mm256_loadu_ps(mean + c));
+      __m256 v = _mm256_fmadd_ps(d, _mm256_loadu_ps(a + c), _mm256_loadu_ps(b + c));
+      store8(y + r * C + c, _mm256_max_ps(v, _mm256_setzero_ps()), stream);
+    }
+  _mm_sfence();
+}
+
+/* with the forward's mask m = ((x - mean)*a + b > 0): sg[c] = sum of m*g, sgx[c] = sum of m*g*(x - mean) */
+void bn_relu_grad_sums(const float *g, const float *x, int64_t M, int64_t C, const float *mean, const float *a,
+                       const float *b, double *sg, double *sgx) {
+  channel_sums(x, g, mean, a, b, M, C, sg, sgx, 1);
+}
+
+/* gx = m*g*p + (x - mean)*q + r */
+void bn_relu_grad_apply(const float *g, const float *x, float *gx, int64_t M, int64_t C, const float *mean,
+                        const float *a, const float *b, const float *p, const float *q, const float *r, int stream) {
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < M; row++)
+    for (int64_t c = 0; c < C; c += 8) {
+      __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + row * C + c), _mm256_loadu_ps(mean + c));
+      __m256 pre = _mm256_fmadd_ps(d, _mm256_loadu_ps(a + c), _mm256_loadu_ps(b + c));
+      __m256 gm = _mm256_and_ps(_mm256_cmp_ps(pre, _mm256_setzero_ps(), _CMP_GT_OQ), _mm256_loadu_ps(g + row * C + c));
+      __m256 v = _mm256_fmadd_ps(gm, _mm256_loadu_ps(p + c), _mm256_fmadd_ps(d, _mm256_loadu_ps(q + c), _mm256_loadu_ps(r + c)));
+      store8(gx + row * C + c, v, stream);
+    }
+  _mm_sfence();
+}

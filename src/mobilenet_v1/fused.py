@@ -1,0 +1,187 @@
+"""Fused batch norm + ReLU for training on the CPU: a small C kernel, compiled on first use.
+
+In a CPU training step of MobileNet-V1 a third of the time goes to batch norm and ReLU, which PyTorch runs as
+separate memory-bound passes over every activation map (BENCHMARKS.md, "where the step's time goes"); the
+fused kernel (``csrc/bn_relu.c``) does two passes forward and two backward. It is used for the
+``ConvBNAct`` blocks of a model in training mode when the input is a float32, channels-last CPU tensor with a
+multiple of 8 channels, the block's batch norm is a plain ``nn.BatchNorm2d`` tracking running statistics and
+its activation is ReLU; everything else (evaluation, bf16 autocast, GPUs, SyncBatchNorm, ``torch.compile``)
+takes PyTorch's own operators. Results match them to float rounding (``tests/test_fused.py``).
+
+The kernel is compiled with the system's C compiler (``$CC``, else ``cc``; ``-O3 -march=native -fopenmp``)
+into the cache directory, one build per source, compiler and CPU, written atomically. Where there is no
+compiler, no AVX2/FMA, or the build fails, :func:`load` returns None and training runs unfused.
+``MOBILENET_V1_FUSED=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+SOURCE = "bn_relu.c"
+STREAM_BYTES = 8 << 20  # maps above this are written with streaming stores (they leave the caches anyway)
+_I64, _INT = ctypes.c_int64, ctypes.c_int
+
+
+def _cpu_id() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    keep = [ln for ln in lines if ln.startswith(("model name", "flags"))]
+    return "\n".join(dict.fromkeys(keep))  # every core repeats them
+
+
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CC", "cc"))
+
+
+@functools.cache
+def load() -> ctypes.CDLL | None:
+    """The compiled kernel library, building it on first use; None where it cannot be had (logged once)."""
+    if os.environ.get("MOBILENET_V1_FUSED", "1") == "0" or platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    cc = _compiler()
+    if cc is None:
+        log.info("fused batch norm + ReLU: no C compiler found; training uses PyTorch's operators")
+        return None
+    from .checkpoint import atomic_path  # here: layers.py imports this module, and these import layers.py
+    from .pretrained import cache_dir
+
+    src = resources.files("mobilenet_v1").joinpath("csrc", SOURCE).read_bytes()
+    flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+    key = hashlib.sha256(b"\0".join([src, cc.encode(), " ".join(flags).encode(), _cpu_id().encode()])).hexdigest()
+    lib_path = cache_dir() / "kernels" / f"bn_relu-{key[:16]}.so"
+    if not lib_path.exists():
+        try:
+            with atomic_path(lib_path) as tmp:
+                c_file = tmp.with_suffix(".c")
+                c_file.write_bytes(src)
+                try:
+                    subprocess.run([cc, *flags, str(c_file), "-o", str(tmp)], check=True, capture_output=True)
+                finally:
+                    c_file.unlink()
+        except (OSError, subprocess.CalledProcessError) as e:
+            detail = getattr(e, "stderr", b"") or b""
+            first = detail.decode(errors="replace").strip().splitlines()[:1]
+            log.info("fused batch norm + ReLU: build failed (%s); training uses PyTorch's operators", first or e)
+            return None
+    try:
+        lib = ctypes.CDLL(str(lib_path))
+    except OSError as e:
+        log.info("fused batch norm + ReLU: cannot load %s (%s)", lib_path, e)
+        return None
+    p = ctypes.c_void_p
+    lib.bn_relu_stats.argtypes = [p, _I64, _I64, p, p]
+    lib.bn_relu_apply.argtypes = [p, p, _I64, _I64, p, p, p, _INT]
+    lib.bn_relu_grad_sums.argtypes = [p, p, _I64, _I64, p, p, p, p, p]
+    lib.bn_relu_grad_apply.argtypes = [p, p, p, _I64, _I64, p, p, p, p, p, p, _INT]
+    return lib
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+class BatchNormReLU(torch.autograd.Function):
+    """relu(batch_norm(x, training=True)) with the running statistics updated as ``nn.BatchNorm2d`` does."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum: float, eps: float):
+        lib = load()
+        n, c, h, w = x.shape
+        m = n * h * w
+        s1 = torch.empty(c, dtype=torch.float64)
+        s2 = torch.empty(c, dtype=torch.float64)
+        lib.bn_relu_stats(_ptr(x), m, c, _ptr(s1), _ptr(s2))
+        shift = x[0, :, 0, 0].double()  # the kernel sums x - shift (against cancellation in the variance)
+        d = s1 / m
+        mean = shift + d
+        var = (s2 / m - d * d).clamp_min(0)
+        invstd = (var + eps).rsqrt()
+        with torch.no_grad():  # as F.batch_norm: unbiased variance into the running estimate
+            running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+            running_var.lerp_((var * (m / max(m - 1, 1))).to(running_var.dtype), momentum)
+        # y = max((x - mean)·a + b, 0); the backward pass re-derives the ReLU mask from the same float32 values
+        mean32 = mean.float()
+        a = (weight.detach().double() * invstd).float()
+        b = bias.detach().float().contiguous()
+        y = torch.empty_like(x, memory_format=torch.channels_last)
+        lib.bn_relu_apply(_ptr(x), _ptr(y), m, c, _ptr(mean32), _ptr(a), _ptr(b), int(x.nbytes > STREAM_BYTES))
+        ctx.save_for_backward(x, weight, mean, mean32, invstd, a, b)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        lib = load()
+        x, weight, mean, mean32, invstd, a, b = ctx.saved_tensors
+        gy = gy.contiguous(memory_format=torch.channels_last)
+        n, c, h, w = x.shape
+        m = n * h * w
+        sg = torch.empty(c, dtype=torch.float64)
+        sgx = torch.empty(c, dtype=torch.float64)
+        lib.bn_relu_grad_sums(_ptr(gy), _ptr(x), m, c, _ptr(mean32), _ptr(a), _ptr(b), _ptr(sg), _ptr(sgx))
+        # g = dL/dy masked by the ReLU, d = x - mean32; sg = Σ g, sgx = Σ g·d; x̂ = (x - mean)·invstd.
+        # dL/dx = γ·invstd·(g - Σg/m - x̂·Σ(g·x̂)/m) = p·g + q·d + r
+        grad_weight = invstd * (sgx + (mean32 - mean) * sg)  # Σ g·x̂, with the float32 mean's rounding taken out
+        p = weight.detach().double() * invstd
+        q = -p * invstd * grad_weight / m
+        r = -p * sg / m
+        p, q, r = p.float(), q.float(), r.float()
+        gx = torch.empty_like(x, memory_format=torch.channels_last)
+        big = int(x.nbytes > STREAM_BYTES)
+        lib.bn_relu_grad_apply(
+            _ptr(gy), _ptr(x), _ptr(gx), m, c, _ptr(mean32), _ptr(a), _ptr(b), _ptr(p), _ptr(q), _ptr(r), big
+        )
+        return gx, grad_weight.to(weight.dtype), sg.to(weight.dtype), None, None, None, None
+
+
+def applies(bn: nn.Module, x: torch.Tensor) -> bool:
+    """Whether the fused kernel can stand in for ``relu(bn(x))`` here (see the module docstring)."""
+    return (
+        type(bn) is nn.BatchNorm2d
+        and bn.training
+        and bn.affine
+        and bn.track_running_stats
+        and bn.momentum is not None
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and bn.weight.dtype == torch.float32
+        and x.dim() == 4
+        and x.shape[1] % 8 == 0
+        and x.shape[0] * x.shape[2] * x.shape[3] > 1
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+    )
+
+
+def batch_norm_relu(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    if bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+    return BatchNormReLU.apply(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.momentum, bn.eps)
+
+
+def enable(model: nn.Module, on: bool = True) -> int:
+    """Let ``model``'s conv-BN-ReLU blocks use the fused kernel in training; returns how many can (0: unavailable)."""
+    from .layers import ConvBNAct
+
+    blocks = [m for m in model.modules() if isinstance(m, ConvBNAct) and isinstance(m.act, nn.ReLU)]
+    on = on and bool(blocks) and load() is not None
+    for m in blocks:
+        m.fused_bn_relu = on
+    return len(blocks) if on else 0

@@ -1,0 +1,185 @@
+"""The fused batch norm + ReLU training kernel (fused.py) against PyTorch's own operators."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mobilenet_v1 import create_model, fused
+from mobilenet_v1.layers import ConvBNAct
+
+needs_kernel = pytest.mark.skipif(fused.load() is None, reason="no C compiler or no AVX2/FMA: the kernel is not built")
+
+
+def _pair(channels: int, seed: int = 0) -> tuple[nn.BatchNorm2d, nn.BatchNorm2d]:
+    g = torch.Generator().manual_seed(seed)
+    bn = nn.BatchNorm2d(channels).train()
+    with torch.no_grad():
+        bn.weight.copy_(torch.rand(channels, generator=g) + 0.5)
+        bn.bias.copy_(torch.randn(channels, generator=g))
+        bn.running_mean.copy_(torch.randn(channels, generator=g))
+        bn.running_var.copy_(torch.rand(channels, generator=g) + 0.5)
+    return bn, copy.deepcopy(bn)
+
+
+def _error(got: torch.Tensor, exact: torch.Tensor) -> float:
+    return (got.double() - exact).abs().max().item()
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    ("shape", "offset"),
+    [
+        ((4, 32, 17, 9), 0.0),  # rows not a multiple of the kernel's 64-row blocks
+        ((2, 8, 5, 3), 0.0),  # the fewest channels it takes
+        ((3, 64, 12, 12), 50.0),  # mean 25× the spread: the variance must not cancel away
+        ((8, 72, 64, 64), 0.0),  # 9.4 MB: past STREAM_BYTES, written with streaming stores
+    ],
+)
+def test_matches_batch_norm_then_relu(shape, offset):
+    """Output, the three gradients and the running statistics of relu(batch_norm(x)), as exact as PyTorch's.
+
+    The reference is PyTorch's BN + ReLU in float64; the kernel's float32 error must be at most twice that of
+    PyTorch's own float32 operators (it is smaller in all but a few cases: it sums in double).
+    """
+    torch.manual_seed(1)
+    x = (torch.randn(shape) * 2 + offset).contiguous(memory_format=torch.channels_last).requires_grad_()
+    ref_bn, bn = _pair(shape[1])
+    bn64 = copy.deepcopy(ref_bn).double()
+    x64 = x.detach().double().requires_grad_()
+    assert fused.applies(bn, x)
+    exact, ref, out = F.relu(bn64(x64)), F.relu(ref_bn(x)), fused.batch_norm_relu(bn, x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(ref)
+    results = {
+        "output": (out, ref, exact),
+        **{
+            f"grad {n}": t
+            for n, *t in zip(
+                ("input", "weight", "bias"),
+                torch.autograd.grad(out, (x, bn.weight, bn.bias), grad),
+                torch.autograd.grad(ref, (x, ref_bn.weight, ref_bn.bias), grad),
+                torch.autograd.grad(exact, (x64, bn64.weight, bn64.bias), grad.double()),
+            )
+        },
+        **{k: (getattr(bn, k), getattr(ref_bn, k), getattr(bn64, k)) for k in ("running_mean", "running_var")},
+    }
+    for name, (got, pytorch, ex) in results.items():
+        floor = 1e-7 * ex.abs().max().item()
+        assert _error(got, ex) <= 2 * _error(pytorch, ex) + floor, (name, _error(got, ex), _error(pytorch, ex))
+    assert bn.num_batches_tracked.item() == ref_bn.num_batches_tracked.item() == 1
+
+
+@needs_kernel
+def test_gradient_uses_the_forward_relu_mask():
+    """At BN outputs of exactly 0 (ReLU's kink) the backward pass must block the gradient as the forward did.
+
+    Here a quarter of the inputs equal their channel's mean and the bias is 0, so those outputs sit on the kink.
+    The reference is the batch-norm gradient in float64 with the mask taken from the kernel's own output.
+    """
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 8, 4, 4, generator=g)
+    x[:, :, 1] = 0.0  # these inputs are 0 ...
+    x[:, :, 2:] = -x[:, :, :2]  # ... and so is each channel's mean (rows 2-3 mirror rows 0-1)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    _, bn = _pair(8)
+    with torch.no_grad():
+        bn.bias.zero_()
+    out = fused.batch_norm_relu(bn, x)
+    assert out[:, :, 1].abs().max() < 1e-6  # at the kink (0, or 1e-8 off with the batch mean's rounding)
+    grad = torch.randn(2, 8, 4, 4, generator=g)
+    (got,) = torch.autograd.grad(out, x, grad)
+    xd, gm = x.detach().double(), grad.double() * (out > 0)
+    mean = xd.mean((0, 2, 3), keepdim=True)
+    invstd = (xd.var((0, 2, 3), unbiased=False, keepdim=True) + bn.eps).rsqrt()
+    xhat = (xd - mean) * invstd
+    gamma = bn.weight.detach().double().view(1, -1, 1, 1)
+    expected = gamma * invstd * (gm - gm.mean((0, 2, 3), True) - xhat * (gm * xhat).mean((0, 2, 3), True))
+    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_applies_only_where_it_can_stand_in():
+    bn = nn.BatchNorm2d(16).train()
+    x = torch.randn(2, 16, 4, 4).contiguous(memory_format=torch.channels_last)
+    assert fused.applies(bn, x)
+    assert not fused.applies(bn, x.contiguous())  # NCHW
+    assert not fused.applies(bn, x[:, :12].contiguous(memory_format=torch.channels_last))  # 12 channels
+    assert not fused.applies(bn, x.double())
+    assert not fused.applies(bn.eval(), x)
+    assert not fused.applies(nn.BatchNorm2d(16, momentum=None).train(), x)  # cumulative average
+    assert not fused.applies(nn.BatchNorm2d(16, affine=False).train(), x)
+    assert not fused.applies(nn.SyncBatchNorm(16).train(), x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not fused.applies(bn.train(), x)
+
+
+@needs_kernel
+def test_a_training_step_matches_the_unfused_model(monkeypatch):
+    """A whole model (α = 0.25, 27 blocks, maps down to 2×2): loss, gradients and BN statistics of a step.
+
+    One step, not several: with random data and batch 8, training is chaotic enough that an input perturbed by
+    1e-6 moves some weights by 2,000% within five steps (measured, unfused), so a trajectory test says nothing.
+    """
+    torch.manual_seed(0)
+    ref = create_model("mobilenet_v1_025_224", num_classes=10).to(memory_format=torch.channels_last).train()
+    model = copy.deepcopy(ref)
+    assert fused.enable(model) == 27
+    assert fused.enable(ref, on=False) == 0
+    calls = []
+    real = fused.batch_norm_relu
+    monkeypatch.setattr(fused, "batch_norm_relu", lambda bn, x: calls.append(bn) or real(bn, x))
+    x = torch.randn(8, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (8,))
+    exact = copy.deepcopy(ref).double()
+    losses = []
+    for m, inputs in ((ref, x), (model, x), (exact, x.double())):
+        loss = F.cross_entropy(m(inputs), y)
+        loss.backward()
+        losses.append(loss.item())
+    # every block of `model` took the kernel, and no block of `ref`
+    assert [id(b) for b in calls] == [id(m.bn) for m in model.modules() if isinstance(m, ConvBNAct)]
+    assert losses[1] == pytest.approx(losses[2], rel=1e-5)
+    # against the float64 model: per tensor within 5× PyTorch's float32 error (or 1e-3 of the tensor's scale);
+    # over all tensors, at least as close as PyTorch's (measured: the kernel's error is 0.4× PyTorch's, median)
+    ratios = []
+    pairs = zip(ref.named_parameters(), model.named_parameters(), exact.named_parameters())
+    for (name, pytorch), (_, got), (_, ex) in pairs:
+        e_pytorch, e_got = _error(pytorch.grad, ex.grad), _error(got.grad, ex.grad)
+        assert e_got <= max(5 * e_pytorch, 1e-3 * ex.grad.abs().max().item()), (name, e_got, e_pytorch)
+        ratios.append(e_got / max(e_pytorch, 1e-30))
+    assert sorted(ratios)[len(ratios) // 2] <= 1.0, sorted(ratios)
+    for (name, pytorch), (_, got), (_, ex) in zip(ref.named_buffers(), model.named_buffers(), exact.named_buffers()):
+        assert _error(got, ex.to(got.dtype).double()) <= 2 * _error(pytorch, ex) + 1e-7, name
+
+
+def test_without_a_compiler_training_runs_unfused(monkeypatch, tmp_path):
+    """No C compiler (or a failed build): load() gives None, enable() marks nothing, the model still trains."""
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("MOBILENET_V1_CACHE", str(tmp_path / "cache"))
+    fused.load.cache_clear()
+    try:
+        assert fused.load() is None
+        model = create_model("mobilenet_v1_025_224", num_classes=10).to(memory_format=torch.channels_last).train()
+        assert fused.enable(model) == 0
+        assert not any(getattr(m, "fused_bn_relu", False) for m in model.modules())
+        F.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([1, 2])).backward()
+        assert not (tmp_path / "cache" / "kernels").exists() or not any((tmp_path / "cache" / "kernels").iterdir())
+    finally:
+        fused.load.cache_clear()
+
+
+def test_a_failed_build_leaves_no_partial_file(monkeypatch, tmp_path):
+    """A compiler that fails: nothing is left in the kernel cache (the build writes to a temporary, then renames)."""
+    cc = tmp_path / "bad-cc"
+    cc.write_text("#!/bin/sh\necho 'error: no' >&2\nexit 1\n")
+    cc.chmod(0o755)
+    monkeypatch.setenv("CC", str(cc))
+    monkeypatch.setenv("MOBILENET_V1_CACHE", str(tmp_path / "cache"))
+    fused.load.cache_clear()
+    try:
+        assert fused.load() is None
+        assert list((tmp_path / "cache" / "kernels").iterdir()) == []
+    finally:
+        fused.load.cache_clear()
