@@ -100,6 +100,55 @@ def test_gradient_uses_the_forward_relu_mask():
     torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-5)
 
 
+@needs_kernel
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize(("size", "channels"), [((9, 9), 8), ((8, 11), 24), ((1, 1), 8), ((2, 3), 16), ((16, 16), 32)])
+def test_depthwise_matches_conv2d(stride, size, channels):
+    """Output and both gradients of the 3×3 depthwise kernel against ``F.conv2d`` in float64, odd and even sizes
+    (the right/bottom edge of a stride-2 layer), maps smaller than the window; at most twice the error of
+    PyTorch's float32 convolution."""
+    torch.manual_seed(2)
+    x = torch.randn(3, channels, *size).contiguous(memory_format=torch.channels_last).requires_grad_()
+    conv = nn.Conv2d(channels, channels, 3, stride, 1, groups=channels, bias=False)
+    assert fused.depthwise_applies(conv, x)
+    x64, w64 = x.detach().double().requires_grad_(), conv.weight.detach().double().requires_grad_()
+    exact = F.conv2d(x64, w64, stride=stride, padding=1, groups=channels)
+    ref, out = conv(x), fused.depthwise(conv, x)
+    assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(ref)
+    got = (out, *torch.autograd.grad(out, (x, conv.weight), grad))
+    pytorch = (ref, *torch.autograd.grad(ref, (x, conv.weight), grad))
+    exacts = (exact, *torch.autograd.grad(exact, (x64, w64), grad.double()))
+    for name, g, p, e in zip(("output", "grad input", "grad weight"), got, pytorch, exacts):
+        floor = 1e-7 * e.abs().max().item()
+        assert _error(g, e) <= 2 * _error(p, e) + floor, (name, _error(g, e), _error(p, e))
+
+
+@needs_kernel
+def test_depthwise_first_layer_without_input_gradient():
+    """A depthwise layer fed by data (no input gradient wanted) still gets its weight gradient."""
+    x = torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+    conv = nn.Conv2d(8, 8, 3, 1, 1, groups=8, bias=False)
+    (got,) = torch.autograd.grad(fused.depthwise(conv, x).sum(), conv.weight)
+    (expected,) = torch.autograd.grad(conv(x).sum(), conv.weight)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_applies_only_to_its_shape():
+    from mobilenet_v1.layers import Conv2dSame
+
+    x = torch.randn(2, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+    dw = nn.Conv2d(16, 16, 3, 2, 1, groups=16, bias=False)
+    assert fused.depthwise_applies(dw, x)
+    assert not fused.depthwise_applies(dw, x.contiguous())
+    assert not fused.depthwise_applies(Conv2dSame(16, 16, 3, 2, 0, groups=16, bias=False), x)  # TF padding
+    assert not fused.depthwise_applies(nn.Conv2d(16, 16, 3, 1, 2, dilation=2, groups=16, bias=False), x)
+    assert not fused.depthwise_applies(nn.Conv2d(16, 16, 3, 3, 1, groups=16, bias=False), x)
+    assert not fused.depthwise_applies(nn.Conv2d(16, 16, 3, 1, 1, groups=16), x)  # bias
+    assert not fused.depthwise_applies(nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False, padding_mode="reflect"), x)
+    assert not fused.depthwise_applies(nn.Conv2d(16, 16, 1, bias=False), x)  # pointwise
+
+
 def test_applies_only_where_it_can_stand_in():
     bn = nn.BatchNorm2d(16).train()
     x = torch.randn(2, 16, 4, 4).contiguous(memory_format=torch.channels_last)
@@ -117,7 +166,7 @@ def test_applies_only_where_it_can_stand_in():
 
 @needs_kernel
 def test_a_training_step_matches_the_unfused_model(monkeypatch):
-    """A whole model (α = 0.25, 27 blocks, maps down to 2×2): loss, gradients and BN statistics of a step.
+    """A whole model (α = 0.25, 27 blocks, maps down to 2×2, strides 1 and 2): loss, gradients, BN statistics.
 
     One step, not several: with random data and batch 8, training is chaotic enough that an input perturbed by
     1e-6 moves some weights by 2,000% within five steps (measured, unfused), so a trajectory test says nothing.
@@ -127,9 +176,10 @@ def test_a_training_step_matches_the_unfused_model(monkeypatch):
     model = copy.deepcopy(ref)
     assert fused.enable(model) == 27
     assert fused.enable(ref, on=False) == 0
-    calls = []
-    real = fused.batch_norm_relu
-    monkeypatch.setattr(fused, "batch_norm_relu", lambda bn, x: calls.append(bn) or real(bn, x))
+    calls, dw_calls = [], []
+    real_bn, real_dw = fused.batch_norm_relu, fused.depthwise
+    monkeypatch.setattr(fused, "batch_norm_relu", lambda bn, x: calls.append(bn) or real_bn(bn, x))
+    monkeypatch.setattr(fused, "depthwise", lambda conv, x: dw_calls.append(conv) or real_dw(conv, x))
     x = torch.randn(8, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (8,))
     exact = copy.deepcopy(ref).double()
@@ -138,8 +188,10 @@ def test_a_training_step_matches_the_unfused_model(monkeypatch):
         loss = F.cross_entropy(m(inputs), y)
         loss.backward()
         losses.append(loss.item())
-    # every block of `model` took the kernel, and no block of `ref`
-    assert [id(b) for b in calls] == [id(m.bn) for m in model.modules() if isinstance(m, ConvBNAct)]
+    # every block of `model` took the BN + ReLU kernel, every depthwise layer the depthwise one; `ref` neither
+    blocks = [m for m in model.modules() if isinstance(m, ConvBNAct)]
+    assert [id(b) for b in calls] == [id(m.bn) for m in blocks]
+    assert [id(c) for c in dw_calls] == [id(m.conv) for m in blocks if m.conv.groups > 1] and len(dw_calls) == 13
     assert losses[1] == pytest.approx(losses[2], rel=1e-5)
     # against the float64 model: per tensor within 5× PyTorch's float32 error (or 1e-3 of the tensor's scale);
     # over all tensors, at least as close as PyTorch's (measured: the kernel's error is 0.4× PyTorch's, median)
@@ -163,7 +215,7 @@ def test_without_a_compiler_training_runs_unfused(monkeypatch, tmp_path):
         assert fused.load() is None
         model = create_model("mobilenet_v1_025_224", num_classes=10).to(memory_format=torch.channels_last).train()
         assert fused.enable(model) == 0
-        assert not any(getattr(m, "fused_bn_relu", False) for m in model.modules())
+        assert not any(getattr(m, "fused_training", False) for m in model.modules())
         F.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([1, 2])).backward()
         assert not (tmp_path / "cache" / "kernels").exists() or not any((tmp_path / "cache" / "kernels").iterdir())
     finally:

@@ -1,17 +1,23 @@
-"""Fused batch norm + ReLU for training on the CPU: a small C kernel, compiled on first use.
+"""CPU training kernels for the conv-BN-ReLU blocks: small C sources, compiled on first use.
 
 In a CPU training step of MobileNet-V1 a third of the time goes to batch norm and ReLU, which PyTorch runs as
-separate memory-bound passes over every activation map (BENCHMARKS.md, "where the step's time goes"); the
-fused kernel (``csrc/bn_relu.c``) does two passes forward and two backward. It is used for the
-``ConvBNAct`` blocks of a model in training mode when the input is a float32, channels-last CPU tensor with a
-multiple of 8 channels, the block's batch norm is a plain ``nn.BatchNorm2d`` tracking running statistics and
-its activation is ReLU; everything else (evaluation, bf16 autocast, GPUs, SyncBatchNorm, ``torch.compile``)
-takes PyTorch's own operators. Results match them to float rounding (``tests/test_fused.py``).
+separate memory-bound passes over every activation map, and the depthwise convolutions take far longer than
+their Mult-Adds (BENCHMARKS.md, "where the step's time goes"). Two kernels:
 
-The kernel is compiled with the system's C compiler (``$CC``, else ``cc``; ``-O3 -march=native -fopenmp``)
+- ``csrc/bn_relu.c``: batch norm with batch statistics fused with ReLU, two passes forward and two backward;
+- ``csrc/depthwise.c``: the 3×3 depthwise convolution (padding 1, stride 1 or 2) and both its gradients.
+
+:func:`enable` marks a model's ``ConvBNAct`` blocks; in training mode each then uses a kernel where it applies —
+a float32, channels-last CPU tensor with a multiple of 8 channels, a plain ``nn.BatchNorm2d`` tracking running
+statistics followed by ReLU, an ``nn.Conv2d`` of that depthwise shape — and PyTorch's own operators everywhere
+else (evaluation, bf16 autocast, GPUs, SyncBatchNorm, TF 'SAME' padding, ``torch.compile``). Results match
+PyTorch's to float rounding (``tests/test_fused.py``: against float64 references, at least as close as
+PyTorch's float32 operators).
+
+The sources are compiled with the system's C compiler (``$CC``, else ``cc``; ``-O3 -march=native -fopenmp``)
 into the cache directory, one build per source, compiler and CPU, written atomically. Where there is no
-compiler, no AVX2/FMA, or the build fails, :func:`load` returns None and training runs unfused.
-``MOBILENET_V1_FUSED=0`` turns it off.
+compiler, no AVX2/FMA, or the build fails, :func:`load` returns None and training runs on PyTorch's
+operators. ``MOBILENET_V1_FUSED=0`` turns the kernels off.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-SOURCE = "bn_relu.c"
+SOURCES = ("bn_relu.c", "depthwise.c")
 STREAM_BYTES = 8 << 20  # maps above this are written with streaming stores (they leave the caches anyway)
 _I64, _INT = ctypes.c_int64, ctypes.c_int
 
@@ -57,39 +63,44 @@ def load() -> ctypes.CDLL | None:
         return None
     cc = _compiler()
     if cc is None:
-        log.info("fused batch norm + ReLU: no C compiler found; training uses PyTorch's operators")
+        log.info("fused training kernels: no C compiler found; training uses PyTorch's operators")
         return None
     from .checkpoint import atomic_path  # here: layers.py imports this module, and these import layers.py
     from .pretrained import cache_dir
 
-    src = resources.files("mobilenet_v1").joinpath("csrc", SOURCE).read_bytes()
+    sources = [resources.files("mobilenet_v1").joinpath("csrc", name).read_bytes() for name in SOURCES]
     flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
-    key = hashlib.sha256(b"\0".join([src, cc.encode(), " ".join(flags).encode(), _cpu_id().encode()])).hexdigest()
-    lib_path = cache_dir() / "kernels" / f"bn_relu-{key[:16]}.so"
+    parts = [*sources, cc.encode(), " ".join(flags).encode(), _cpu_id().encode()]
+    key = hashlib.sha256(b"\0".join(parts)).hexdigest()
+    lib_path = cache_dir() / "kernels" / f"train-{key[:16]}.so"
     if not lib_path.exists():
         try:
             with atomic_path(lib_path) as tmp:
-                c_file = tmp.with_suffix(".c")
-                c_file.write_bytes(src)
+                c_files = [tmp.with_name(f"{tmp.name}-{name}") for name in SOURCES]
                 try:
-                    subprocess.run([cc, *flags, str(c_file), "-o", str(tmp)], check=True, capture_output=True)
+                    for path, src in zip(c_files, sources):
+                        path.write_bytes(src)
+                    subprocess.run([cc, *flags, *map(str, c_files), "-o", str(tmp)], check=True, capture_output=True)
                 finally:
-                    c_file.unlink()
+                    for path in c_files:
+                        path.unlink(missing_ok=True)
         except (OSError, subprocess.CalledProcessError) as e:
             detail = getattr(e, "stderr", b"") or b""
             first = detail.decode(errors="replace").strip().splitlines()[:1]
-            log.info("fused batch norm + ReLU: build failed (%s); training uses PyTorch's operators", first or e)
+            log.info("fused training kernels: build failed (%s); training uses PyTorch's operators", first or e)
             return None
     try:
         lib = ctypes.CDLL(str(lib_path))
     except OSError as e:
-        log.info("fused batch norm + ReLU: cannot load %s (%s)", lib_path, e)
+        log.info("fused training kernels: cannot load %s (%s)", lib_path, e)
         return None
     p = ctypes.c_void_p
     lib.bn_relu_stats.argtypes = [p, _I64, _I64, p, p]
     lib.bn_relu_apply.argtypes = [p, p, _I64, _I64, p, p, p, _INT]
     lib.bn_relu_grad_sums.argtypes = [p, p, _I64, _I64, p, p, p, p, p]
     lib.bn_relu_grad_apply.argtypes = [p, p, p, _I64, _I64, p, p, p, p, p, p, _INT]
+    for name in ("dw3x3_forward", "dw3x3_grad_input", "dw3x3_grad_weight"):
+        getattr(lib, name).argtypes = [p, p, p, _I64, _I64, _I64, _I64, _I64, _I64, _INT]
     return lib
 
 
@@ -150,6 +161,18 @@ class BatchNormReLU(torch.autograd.Function):
         return gx, grad_weight.to(weight.dtype), sg.to(weight.dtype), None, None, None, None
 
 
+def _fast_input(x: torch.Tensor) -> bool:
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x.dim() == 4
+        and x.shape[1] % 8 == 0
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+    )
+
+
 def applies(bn: nn.Module, x: torch.Tensor) -> bool:
     """Whether the fused kernel can stand in for ``relu(bn(x))`` here (see the module docstring)."""
     return (
@@ -158,16 +181,61 @@ def applies(bn: nn.Module, x: torch.Tensor) -> bool:
         and bn.affine
         and bn.track_running_stats
         and bn.momentum is not None
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
         and bn.weight.dtype == torch.float32
-        and x.dim() == 4
-        and x.shape[1] % 8 == 0
         and x.shape[0] * x.shape[2] * x.shape[3] > 1
-        and x.is_contiguous(memory_format=torch.channels_last)
-        and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
+        and _fast_input(x)
     )
+
+
+def depthwise_applies(conv: nn.Module, x: torch.Tensor) -> bool:
+    """Whether the depthwise kernel can stand in for ``conv(x)``: a bias-free 3×3 depthwise ``nn.Conv2d``,
+    padding 1 with zeros, stride 1 or 2, no dilation."""
+    return (
+        type(conv) is nn.Conv2d
+        and conv.groups == conv.in_channels == conv.out_channels
+        and conv.kernel_size == (3, 3)
+        and conv.padding == (1, 1)
+        and conv.stride in ((1, 1), (2, 2))
+        and conv.dilation == (1, 1)
+        and conv.padding_mode == "zeros"
+        and conv.bias is None
+        and conv.weight.dtype == torch.float32
+        and _fast_input(x)
+    )
+
+
+class DepthwiseConv3x3(torch.autograd.Function):
+    """``F.conv2d(x, weight, stride=stride, padding=1, groups=C)`` for 3×3 depthwise weights [C, 1, 3, 3]."""
+
+    @staticmethod
+    def forward(ctx, x, weight, stride: int):
+        lib = load()
+        n, c, h, w = x.shape
+        oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
+        taps = weight.detach().reshape(c, 9).t().contiguous()  # [9, C]: a tap's channels are contiguous
+        y = torch.empty(n, c, oh, ow, memory_format=torch.channels_last)
+        lib.dw3x3_forward(_ptr(x), _ptr(taps), _ptr(y), n, h, w, c, oh, ow, stride)
+        ctx.save_for_backward(x, taps)
+        ctx.stride = stride
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        lib = load()
+        x, taps = ctx.saved_tensors
+        gy = gy.contiguous(memory_format=torch.channels_last)
+        n, c, h, w = x.shape
+        oh, ow = gy.shape[2:]
+        gx = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.empty_like(x, memory_format=torch.channels_last)
+            lib.dw3x3_grad_input(_ptr(gy), _ptr(taps), _ptr(gx), n, h, w, c, oh, ow, ctx.stride)
+        gw = None
+        if ctx.needs_input_grad[1]:
+            sums = torch.empty(9, c, dtype=torch.float64)
+            lib.dw3x3_grad_weight(_ptr(gy), _ptr(x), _ptr(sums), n, h, w, c, oh, ow, ctx.stride)
+            gw = sums.t().reshape(c, 1, 3, 3).to(taps.dtype)
+        return gx, gw, None
 
 
 def batch_norm_relu(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
@@ -176,12 +244,24 @@ def batch_norm_relu(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     return BatchNormReLU.apply(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.momentum, bn.eps)
 
 
+def depthwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    return DepthwiseConv3x3.apply(x, conv.weight, conv.stride[0])
+
+
+def conv_bn_act(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A ``ConvBNAct`` block's training forward, each part on a kernel where one applies."""
+    x = depthwise(block.conv, x) if depthwise_applies(block.conv, x) else block.conv(x)
+    if isinstance(block.act, nn.ReLU) and applies(block.bn, x):
+        return batch_norm_relu(block.bn, x)
+    return block.act(block.bn(x))
+
+
 def enable(model: nn.Module, on: bool = True) -> int:
-    """Let ``model``'s conv-BN-ReLU blocks use the fused kernel in training; returns how many can (0: unavailable)."""
+    """Let ``model``'s conv-BN-ReLU blocks use the kernels in training; returns how many may (0: unavailable)."""
     from .layers import ConvBNAct
 
-    blocks = [m for m in model.modules() if isinstance(m, ConvBNAct) and isinstance(m.act, nn.ReLU)]
+    blocks = [m for m in model.modules() if isinstance(m, ConvBNAct)]
     on = on and bool(blocks) and load() is not None
     for m in blocks:
-        m.fused_bn_relu = on
+        m.fused_training = on
     return len(blocks) if on else 0

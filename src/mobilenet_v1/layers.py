@@ -46,11 +46,12 @@ def make_conv(in_ch: int, out_ch: int, kernel: int, stride: int, dilation: int, 
 class ConvBNAct(nn.Sequential):
     """conv → BN → ReLU: every convolution in Table 1 is followed by batch norm and ReLU (Section 3.2).
 
-    ``fused_bn_relu`` (set by :func:`mobilenet_v1.fused.enable`) lets training on the CPU run BN + ReLU as one
-    kernel where it applies; the parameters, state dict and results are the same either way.
+    ``fused_training`` (set by :func:`mobilenet_v1.fused.enable`) lets training on the CPU run the depthwise
+    convolution and BN + ReLU on compiled kernels where they apply; parameters, state dict and results are the
+    same either way.
     """
 
-    fused_bn_relu = False
+    fused_training = False
 
     def __init__(
         self,
@@ -70,7 +71,6 @@ class ConvBNAct(nn.Sequential):
         self.act = ACTIVATIONS[activation](inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
-        if self.fused_bn_relu and fused.applies(self.bn, x):
-            return fused.batch_norm_relu(self.bn, x)
-        return self.act(self.bn(x))
+        if self.fused_training and self.training:
+            return fused.conv_bn_act(self, x)
+        return self.act(self.bn(self.conv(x)))

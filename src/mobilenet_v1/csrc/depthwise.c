@@ -1,0 +1,203 @@
+/* Depthwise 3x3 convolution (padding 1, stride 1 or 2), forward and both gradients, for training on x86 CPUs
+   (AVX2 + FMA): channels-last float32 maps, C % 8 == 0, weights tap-major [9][C] (tap = kh*3 + kw).
+
+   Each output vector of 8 channels is its window's 9 fused multiply-adds in registers; rows outside the map
+   are read from a zero row, so the interior of every row runs without bounds checks. At MobileNet's training
+   shapes this runs near the memory bandwidth, where PyTorch's CPU depthwise kernels (oneDNN) do not
+   (BENCHMARKS.md). Built and loaded by mobilenet_v1/fused.py with bn_relu.c. */
+#include <immintrin.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if !defined(__AVX2__) || !defined(__FMA__)
+#error "these kernels need AVX2 and FMA"
+#endif
+
+#define LD _mm256_loadu_ps
+#define FMA _mm256_fmadd_ps
+
+/* Sum over the 3x3 window whose top-left input is column `col` of rows r[0..2] (each already offset to the
+   8-channel chunk), taps w (offset to the chunk) in tap order kh*3+kw; columns outside [0, W) skipped. */
+static inline __m256 window(const float *const r[3], int64_t col, int64_t W, int64_t C, const float *w, int flip) {
+  __m256 acc = _mm256_setzero_ps();
+  for (int kw = 0; kw < 3; kw++) {
+    int64_t iw = col + kw;
+    if (iw < 0 || iw >= W) continue;
+    for (int kh = 0; kh < 3; kh++) {
+      int k = kh * 3 + kw;
+      acc = FMA(LD(r[kh] + iw * C), LD(w + (flip ? 8 - k : k) * C), acc);
+    }
+  }
+  return acc;
+}
+
+static inline __m256 window_full(const float *r0, const float *r1, const float *r2, int64_t C, const float *w,
+                                 int flip) {
+  const float *wk = w;
+  __m256 a, b, c;
+  if (!flip) {
+    a = FMA(LD(r0), LD(wk), _mm256_mul_ps(LD(r0 + C), LD(wk + C)));
+    b = FMA(LD(r1), LD(wk + 3 * C), _mm256_mul_ps(LD(r1 + C), LD(wk + 4 * C)));
+    c = FMA(LD(r2), LD(wk + 6 * C), _mm256_mul_ps(LD(r2 + C), LD(wk + 7 * C)));
+    a = FMA(LD(r0 + 2 * C), LD(wk + 2 * C), a);
+    b = FMA(LD(r1 + 2 * C), LD(wk + 5 * C), b);
+    c = FMA(LD(r2 + 2 * C), LD(wk + 8 * C), c);
+  } else {
+    a = FMA(LD(r0), LD(wk + 8 * C), _mm256_mul_ps(LD(r0 + C), LD(wk + 7 * C)));
+    b = FMA(LD(r1), LD(wk + 5 * C), _mm256_mul_ps(LD(r1 + C), LD(wk + 4 * C)));
+    c = FMA(LD(r2), LD(wk + 2 * C), _mm256_mul_ps(LD(r2 + C), LD(wk + 1 * C)));
+    a = FMA(LD(r0 + 2 * C), LD(wk + 6 * C), a);
+    b = FMA(LD(r1 + 2 * C), LD(wk + 3 * C), b);
+    c = FMA(LD(r2 + 2 * C), LD(wk), c);
+  }
+  return _mm256_add_ps(_mm256_add_ps(a, b), c);
+}
+
+/* y[n, oh, ow] = sum_{kh,kw} w[kh,kw] * x[n, oh*s + kh - 1, ow*s + kw - 1]; with flip (stride 1 only) the taps
+   are reversed, which makes this the input gradient of a stride-1 layer (x = dL/dy). */
+static void conv(const float *x, const float *w, float *y, int64_t N, int64_t H, int64_t W, int64_t C, int64_t OH,
+                 int64_t OW, int s, int flip) {
+  float *zero = (float *)calloc((size_t)W * C, sizeof(float));
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < N * OH; row++) {
+    int64_t n = row / OH, oh = row % OH;
+    const float *r[3];
+    for (int kh = 0; kh < 3; kh++) {
+      int64_t ih = oh * s + kh - 1;
+      r[kh] = (ih >= 0 && ih < H) ? x + (n * H + ih) * W * C : zero;
+    }
+    float *yr = y + row * OW * C;
+    for (int64_t ow = 0; ow < OW; ow++) {
+      int64_t col = ow * s - 1;
+      float *o = yr + ow * C;
+      if (col >= 0 && col + 2 < W) {
+        const float *r0 = r[0] + col * C, *r1 = r[1] + col * C, *r2 = r[2] + col * C;
+        for (int64_t c = 0; c < C; c += 8) _mm256_storeu_ps(o + c, window_full(r0 + c, r1 + c, r2 + c, C, w + c, flip));
+      } else {
+        for (int64_t c = 0; c < C; c += 8) {
+          const float *rc[3] = {r[0] + c, r[1] + c, r[2] + c};
+          _mm256_storeu_ps(o + c, window(rc, col, W, C, w + c, flip));
+        }
+      }
+    }
+  }
+  free(zero);
+}
+
+void dw3x3_forward(const float *x, const float *w, float *y, int64_t N, int64_t H, int64_t W, int64_t C, int64_t OH,
+                   int64_t OW, int s) {
+  conv(x, w, y, N, H, W, C, OH, OW, s, 0);
+}
+
+/* dL/dx. Stride 1: the forward with reversed taps. Stride 2: input (ih, iw) gets the taps with
+   ih = 2*oh + kh - 1, i.e. kh = 1 for even ih, kh in {0, 2} for odd ih (and the same for columns). */
+void dw3x3_grad_input(const float *gy, const float *w, float *gx, int64_t N, int64_t H, int64_t W, int64_t C,
+                      int64_t OH, int64_t OW, int s) {
+  if (s == 1) {
+    conv(gy, w, gx, N, OH, OW, C, H, W, 1, 1);
+    return;
+  }
+  float *zero = (float *)calloc((size_t)OW * C, sizeof(float));
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < N * H; row++) {
+    int64_t n = row / H, ih = row % H;
+    /* up to two (gy row, kh) pairs; a missing one reads the zero row */
+    const float *ra, *rb;
+    int ka, kb;
+    if (ih % 2 == 0) {
+      ra = gy + (n * OH + ih / 2) * OW * C, ka = 1;
+      rb = zero, kb = 1;
+    } else {
+      int64_t o0 = (ih + 1) / 2, o2 = (ih - 1) / 2; /* kh = 0 and kh = 2 */
+      ra = o0 < OH ? gy + (n * OH + o0) * OW * C : zero, ka = 0;
+      rb = gy + (n * OH + o2) * OW * C, kb = 2;
+    }
+    float *o = gx + row * W * C;
+    for (int64_t iw = 0; iw < W; iw++, o += C) {
+      if (iw % 2 == 0) { /* kw = 1, ow = iw/2 */
+        const float *pa = ra + (iw / 2) * C, *pb = rb + (iw / 2) * C;
+        const float *wa = w + (ka * 3 + 1) * C, *wb = w + (kb * 3 + 1) * C;
+        for (int64_t c = 0; c < C; c += 8)
+          _mm256_storeu_ps(o + c, FMA(LD(pa + c), LD(wa + c), _mm256_mul_ps(LD(pb + c), LD(wb + c))));
+      } else { /* kw = 0 at ow = (iw+1)/2 (may be past the end), kw = 2 at ow = (iw-1)/2 */
+        int64_t o0 = (iw + 1) / 2, o2 = (iw - 1) / 2;
+        const float *wa0 = w + ka * 3 * C, *wa2 = w + (ka * 3 + 2) * C;
+        const float *wb0 = w + kb * 3 * C, *wb2 = w + (kb * 3 + 2) * C;
+        if (o0 < OW) {
+          for (int64_t c = 0; c < C; c += 8) {
+            __m256 v = _mm256_mul_ps(LD(ra + o0 * C + c), LD(wa0 + c));
+            v = FMA(LD(ra + o2 * C + c), LD(wa2 + c), v);
+            v = FMA(LD(rb + o0 * C + c), LD(wb0 + c), v);
+            v = FMA(LD(rb + o2 * C + c), LD(wb2 + c), v);
+            _mm256_storeu_ps(o + c, v);
+          }
+        } else {
+          for (int64_t c = 0; c < C; c += 8)
+            _mm256_storeu_ps(o + c, FMA(LD(ra + o2 * C + c), LD(wa2 + c), _mm256_mul_ps(LD(rb + o2 * C + c), LD(wb2 + c))));
+        }
+      }
+    }
+  }
+  free(zero);
+}
+
+/* dL/dw[k][c] = sum over n, oh, ow of gy[n,oh,ow,c] * x[n, oh*s+kh-1, ow*s+kw-1, c]; per-thread double totals */
+void dw3x3_grad_weight(const float *gy, const float *x, double *gw, int64_t N, int64_t H, int64_t W, int64_t C,
+                       int64_t OH, int64_t OW, int s) {
+  int nt = omp_get_max_threads();
+  double *part = (double *)calloc((size_t)nt * 9 * C, sizeof(double));
+  float *zero = (float *)calloc((size_t)W * C, sizeof(float));
+#pragma omp parallel num_threads(nt)
+  {
+    int t = omp_get_thread_num(), T = omp_get_num_threads();
+    double *p = part + (size_t)t * 9 * C;
+    int64_t rows = N * OH;
+    for (int64_t row = rows * t / T; row < rows * (t + 1) / T; row++) {
+      int64_t n = row / OH, oh = row % OH;
+      const float *r[3];
+      for (int kh = 0; kh < 3; kh++) {
+        int64_t ih = oh * s + kh - 1;
+        r[kh] = (ih >= 0 && ih < H) ? x + (n * H + ih) * W * C : zero;
+      }
+      const float *g = gy + row * OW * C;
+      for (int64_t c = 0; c < C; c += 8) {
+        __m256 a[9];
+        for (int k = 0; k < 9; k++) a[k] = _mm256_setzero_ps();
+        for (int64_t ow = 0; ow < OW; ow++) {
+          int64_t col = ow * s - 1;
+          __m256 gv = LD(g + ow * C + c);
+          if (col >= 0 && col + 2 < W) {
+            const float *r0 = r[0] + col * C + c, *r1 = r[1] + col * C + c, *r2 = r[2] + col * C + c;
+            a[0] = FMA(gv, LD(r0), a[0]);
+            a[1] = FMA(gv, LD(r0 + C), a[1]);
+            a[2] = FMA(gv, LD(r0 + 2 * C), a[2]);
+            a[3] = FMA(gv, LD(r1), a[3]);
+            a[4] = FMA(gv, LD(r1 + C), a[4]);
+            a[5] = FMA(gv, LD(r1 + 2 * C), a[5]);
+            a[6] = FMA(gv, LD(r2), a[6]);
+            a[7] = FMA(gv, LD(r2 + C), a[7]);
+            a[8] = FMA(gv, LD(r2 + 2 * C), a[8]);
+          } else {
+            for (int kw = 0; kw < 3; kw++) {
+              int64_t iw = col + kw;
+              if (iw < 0 || iw >= W) continue;
+              for (int kh = 0; kh < 3; kh++) a[kh * 3 + kw] = FMA(gv, LD(r[kh] + iw * C + c), a[kh * 3 + kw]);
+            }
+          }
+        }
+        for (int k = 0; k < 9; k++) {
+          float v[8];
+          _mm256_storeu_ps(v, a[k]);
+          for (int i = 0; i < 8; i++) p[k * C + c + i] += v[i];
+        }
+      }
+    }
+  }
+  for (int64_t k = 0; k < 9 * C; k++) gw[k] = 0.0;
+  for (int t = 0; t < nt; t++)
+    for (int64_t k = 0; k < 9 * C; k++) gw[k] += part[(size_t)t * 9 * C + k];
+  free(zero);
+  free(part);
+}
