@@ -149,6 +149,39 @@ def test_depthwise_applies_only_to_its_shape():
     assert not fused.depthwise_applies(nn.Conv2d(16, 16, 1, bias=False), x)  # pointwise
 
 
+@needs_kernel
+def test_views_single_images_and_one_pixel_rows():
+    """Inputs that are channels-last views with a storage offset, batch 1, and 1-pixel-high maps (strides that
+    PyTorch's contiguity check ignores) give PyTorch's results."""
+    torch.manual_seed(4)
+    big = torch.randn(4, 16, 5, 7).contiguous(memory_format=torch.channels_last)
+    for x in (big[2:4], big[1:2], torch.randn(3, 16, 1, 9).contiguous(memory_format=torch.channels_last)):
+        assert x.is_contiguous(memory_format=torch.channels_last)
+        ref_bn, bn = _pair(16)
+        torch.testing.assert_close(fused.batch_norm_relu(bn, x), F.relu(ref_bn(x)), rtol=1e-5, atol=1e-5)
+        conv = nn.Conv2d(16, 16, 3, 2, 1, groups=16, bias=False)
+        torch.testing.assert_close(fused.depthwise(conv, x), conv(x), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+def test_hooks_keep_pytorchs_operators_and_double_backward_refuses():
+    """A block whose BN or conv has a hook (pruning, profilers) runs PyTorch's modules, so the hook fires; the
+    kernels' gradients are not differentiable again, and say so instead of giving wrong second derivatives."""
+    model = create_model("mobilenet_v1_025_224", num_classes=10).to(memory_format=torch.channels_last).train()
+    fused.enable(model)
+    seen = []
+    block = model.features.Conv2d_1_depthwise
+    block.conv.register_forward_hook(lambda m, i, o: seen.append("conv"))
+    block.bn.register_forward_hook(lambda m, i, o: seen.append("bn"))
+    model(torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last))
+    assert seen == ["conv", "bn"]
+    x = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
+    _, bn = _pair(8)
+    (g,) = torch.autograd.grad(fused.batch_norm_relu(bn, x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|double backward|differentiable"):
+        g.sum().backward()
+
+
 def test_applies_only_where_it_can_stand_in():
     bn = nn.BatchNorm2d(16).train()
     x = torch.randn(2, 16, 4, 4).contiguous(memory_format=torch.channels_last)

@@ -35,12 +35,14 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("bn_relu.c", "depthwise.c")
 STREAM_BYTES = 8 << 20  # maps above this are written with streaming stores (they leave the caches anyway)
 _I64, _INT = ctypes.c_int64, ctypes.c_int
+_BN_FUNCTIONS = ("bn_relu_stats", "bn_relu_apply", "bn_relu_grad_sums", "bn_relu_grad_apply")
 
 
 def _cpu_id() -> str:
@@ -101,11 +103,18 @@ def load() -> ctypes.CDLL | None:
     lib.bn_relu_grad_apply.argtypes = [p, p, p, _I64, _I64, p, p, p, p, p, p, _INT]
     for name in ("dw3x3_forward", "dw3x3_grad_input", "dw3x3_grad_weight"):
         getattr(lib, name).argtypes = [p, p, p, _I64, _I64, _I64, _I64, _I64, _I64, _INT]
+    for name in (*_BN_FUNCTIONS, "dw3x3_forward", "dw3x3_grad_input", "dw3x3_grad_weight"):
+        getattr(lib, name).restype = _INT  # 0, or 1: out of memory (see _call)
     return lib
 
 
 def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
+
+
+def _call(fn, *args) -> None:
+    if fn(*args) != 0:
+        raise MemoryError(f"{fn.__name__}: no memory for the kernel's scratch buffers")
 
 
 class BatchNormReLU(torch.autograd.Function):
@@ -118,7 +127,7 @@ class BatchNormReLU(torch.autograd.Function):
         m = n * h * w
         s1 = torch.empty(c, dtype=torch.float64)
         s2 = torch.empty(c, dtype=torch.float64)
-        lib.bn_relu_stats(_ptr(x), m, c, _ptr(s1), _ptr(s2))
+        _call(lib.bn_relu_stats, _ptr(x), m, c, _ptr(s1), _ptr(s2))
         shift = x[0, :, 0, 0].double()  # the kernel sums x - shift (against cancellation in the variance)
         d = s1 / m
         mean = shift + d
@@ -132,11 +141,12 @@ class BatchNormReLU(torch.autograd.Function):
         a = (weight.detach().double() * invstd).float()
         b = bias.detach().float().contiguous()
         y = torch.empty_like(x, memory_format=torch.channels_last)
-        lib.bn_relu_apply(_ptr(x), _ptr(y), m, c, _ptr(mean32), _ptr(a), _ptr(b), int(x.nbytes > STREAM_BYTES))
+        _call(lib.bn_relu_apply, _ptr(x), _ptr(y), m, c, _ptr(mean32), _ptr(a), _ptr(b), int(x.nbytes > STREAM_BYTES))
         ctx.save_for_backward(x, weight, mean, mean32, invstd, a, b)
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, gy):
         lib = load()
         x, weight, mean, mean32, invstd, a, b = ctx.saved_tensors
@@ -145,7 +155,7 @@ class BatchNormReLU(torch.autograd.Function):
         m = n * h * w
         sg = torch.empty(c, dtype=torch.float64)
         sgx = torch.empty(c, dtype=torch.float64)
-        lib.bn_relu_grad_sums(_ptr(gy), _ptr(x), m, c, _ptr(mean32), _ptr(a), _ptr(b), _ptr(sg), _ptr(sgx))
+        _call(lib.bn_relu_grad_sums, _ptr(gy), _ptr(x), m, c, _ptr(mean32), _ptr(a), _ptr(b), _ptr(sg), _ptr(sgx))
         # g = dL/dy masked by the ReLU, d = x - mean32; sg = Σ g, sgx = Σ g·d; x̂ = (x - mean)·invstd.
         # dL/dx = γ·invstd·(g - Σg/m - x̂·Σ(g·x̂)/m) = p·g + q·d + r
         grad_weight = invstd * (sgx + (mean32 - mean) * sg)  # Σ g·x̂, with the float32 mean's rounding taken out
@@ -155,8 +165,20 @@ class BatchNormReLU(torch.autograd.Function):
         p, q, r = p.float(), q.float(), r.float()
         gx = torch.empty_like(x, memory_format=torch.channels_last)
         big = int(x.nbytes > STREAM_BYTES)
-        lib.bn_relu_grad_apply(
-            _ptr(gy), _ptr(x), _ptr(gx), m, c, _ptr(mean32), _ptr(a), _ptr(b), _ptr(p), _ptr(q), _ptr(r), big
+        _call(
+            lib.bn_relu_grad_apply,
+            _ptr(gy),
+            _ptr(x),
+            _ptr(gx),
+            m,
+            c,
+            _ptr(mean32),
+            _ptr(a),
+            _ptr(b),
+            _ptr(p),
+            _ptr(q),
+            _ptr(r),
+            big,
         )
         return gx, grad_weight.to(weight.dtype), sg.to(weight.dtype), None, None, None, None
 
@@ -213,13 +235,14 @@ class DepthwiseConv3x3(torch.autograd.Function):
         n, c, h, w = x.shape
         oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
         taps = weight.detach().reshape(c, 9).t().contiguous()  # [9, C]: a tap's channels are contiguous
-        y = torch.empty(n, c, oh, ow, memory_format=torch.channels_last)
-        lib.dw3x3_forward(_ptr(x), _ptr(taps), _ptr(y), n, h, w, c, oh, ow, stride)
+        y = torch.empty(n, c, oh, ow, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+        _call(lib.dw3x3_forward, _ptr(x), _ptr(taps), _ptr(y), n, h, w, c, oh, ow, stride)
         ctx.save_for_backward(x, taps)
         ctx.stride = stride
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, gy):
         lib = load()
         x, taps = ctx.saved_tensors
@@ -229,11 +252,11 @@ class DepthwiseConv3x3(torch.autograd.Function):
         gx = None
         if ctx.needs_input_grad[0]:
             gx = torch.empty_like(x, memory_format=torch.channels_last)
-            lib.dw3x3_grad_input(_ptr(gy), _ptr(taps), _ptr(gx), n, h, w, c, oh, ow, ctx.stride)
+            _call(lib.dw3x3_grad_input, _ptr(gy), _ptr(taps), _ptr(gx), n, h, w, c, oh, ow, ctx.stride)
         gw = None
         if ctx.needs_input_grad[1]:
             sums = torch.empty(9, c, dtype=torch.float64)
-            lib.dw3x3_grad_weight(_ptr(gy), _ptr(x), _ptr(sums), n, h, w, c, oh, ow, ctx.stride)
+            _call(lib.dw3x3_grad_weight, _ptr(gy), _ptr(x), _ptr(sums), n, h, w, c, oh, ow, ctx.stride)
             gw = sums.t().reshape(c, 1, 3, 3).to(taps.dtype)
         return gx, gw, None
 
@@ -248,10 +271,17 @@ def depthwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return DepthwiseConv3x3.apply(x, conv.weight, conv.stride[0])
 
 
+def _hooked(module: nn.Module) -> bool:  # a kernel would bypass its hooks (pruning masks, profilers, ...)
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
 def conv_bn_act(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A ``ConvBNAct`` block's training forward, each part on a kernel where one applies."""
-    x = depthwise(block.conv, x) if depthwise_applies(block.conv, x) else block.conv(x)
-    if isinstance(block.act, nn.ReLU) and applies(block.bn, x):
+    if depthwise_applies(block.conv, x) and not _hooked(block.conv):
+        x = depthwise(block.conv, x)
+    else:
+        x = block.conv(x)
+    if isinstance(block.act, nn.ReLU) and applies(block.bn, x) and not (_hooked(block.bn) or _hooked(block.act)):
         return batch_norm_relu(block.bn, x)
     return block.act(block.bn(x))
 

@@ -21,15 +21,21 @@
 /* Per-channel sums over all rows, in double, of x - k (k: a per-channel shift, against cancellation).
    mode 0 (statistics): s1 += x - k, s2 += (x - k)^2. mode 1 (gradient, k = the batch mean): with the ReLU mask
    m = ((x - k)*a + b > 0), s1 += m*g, s2 += m*g*(x - k). */
-static void channel_sums(const float *x, const float *g, const float *k, const float *a, const float *b, int64_t M,
-                         int64_t C, double *s1, double *s2, int mode) {
+static int channel_sums(const float *x, const float *g, const float *k, const float *a, const float *b, int64_t M,
+                        int64_t C, double *s1, double *s2, int mode) {
   int nt = omp_get_max_threads();
   double *part = (double *)calloc((size_t)nt * 2 * C, sizeof(double));
+  float *blocks = (float *)aligned_alloc(32, sizeof(float) * 2 * C * nt); /* C % 8 == 0: a multiple of 32 bytes */
+  if (!part || !blocks) {
+    free(part);
+    free(blocks);
+    return 1;
+  }
 #pragma omp parallel num_threads(nt)
   {
     int t = omp_get_thread_num(), T = omp_get_num_threads();
     double *p1 = part + (size_t)t * 2 * C, *p2 = p1 + C;
-    float *a1 = (float *)aligned_alloc(32, sizeof(float) * 2 * C), *a2 = a1 + C;
+    float *a1 = blocks + (size_t)t * 2 * C, *a2 = a1 + C;
     int64_t blocks = (M + BLOCK_ROWS - 1) / BLOCK_ROWS;
     for (int64_t blk = blocks * t / T; blk < blocks * (t + 1) / T; blk++) {
       memset(a1, 0, sizeof(float) * 2 * C);
@@ -55,7 +61,6 @@ static void channel_sums(const float *x, const float *g, const float *k, const f
         p2[c] += a2[c];
       }
     }
-    free(a1);
   }
   for (int64_t c = 0; c < C; c++) s1[c] = s2[c] = 0.0;
   for (int t = 0; t < nt; t++) /* fixed order: results do not depend on timing */
@@ -64,6 +69,8 @@ static void channel_sums(const float *x, const float *g, const float *k, const f
       s2[c] += part[(size_t)t * 2 * C + C + c];
     }
   free(part);
+  free(blocks);
+  return 0;
 }
 
 static inline void store8(float *p, __m256 v, int stream) {
@@ -73,34 +80,42 @@ static inline void store8(float *p, __m256 v, int stream) {
     _mm256_storeu_ps(p, v);
 }
 
+/* The exported functions return 0, or 1 when memory for their scratch buffers could not be had. */
+
 /* sum[c] = sum of (x - x[0, c]), sumsq[c] = sum of (x - x[0, c])^2 */
-void bn_relu_stats(const float *x, int64_t M, int64_t C, double *sum, double *sumsq) {
-  channel_sums(x, NULL, x, NULL, NULL, M, C, sum, sumsq, 0);
+int bn_relu_stats(const float *x, int64_t M, int64_t C, double *sum, double *sumsq) {
+  return channel_sums(x, NULL, x, NULL, NULL, M, C, sum, sumsq, 0);
 }
 
 /* y = max((x - mean)*a + b, 0) */
-void bn_relu_apply(const float *x, float *y, int64_t M, int64_t C, const float *mean, const float *a, const float *b,
+int bn_relu_apply(const float *x, float *y, int64_t M, int64_t C, const float *mean, const float *a, const float *b,
                    int stream) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel
+  {
+#pragma omp for schedule(static) nowait
   for (int64_t r = 0; r < M; r++)
     for (int64_t c = 0; c < C; c += 8) {
       __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + r * C + c), _mm256_loadu_ps(mean + c));
       __m256 v = _mm256_fmadd_ps(d, _mm256_loadu_ps(a + c), _mm256_loadu_ps(b + c));
-      store8(y + r * C + c, _mm256_max_ps(v, _mm256_setzero_ps()), stream);
+      store8(y + r * C + c, _mm256_max_ps(_mm256_setzero_ps(), v), stream); /* NaN stays NaN, as in torch.relu */
     }
-  _mm_sfence();
+    _mm_sfence(); /* each thread orders its own streaming stores */
+  }
+  return 0;
 }
 
 /* with the forward's mask m = ((x - mean)*a + b > 0): sg[c] = sum of m*g, sgx[c] = sum of m*g*(x - mean) */
-void bn_relu_grad_sums(const float *g, const float *x, int64_t M, int64_t C, const float *mean, const float *a,
+int bn_relu_grad_sums(const float *g, const float *x, int64_t M, int64_t C, const float *mean, const float *a,
                        const float *b, double *sg, double *sgx) {
-  channel_sums(x, g, mean, a, b, M, C, sg, sgx, 1);
+  return channel_sums(x, g, mean, a, b, M, C, sg, sgx, 1);
 }
 
 /* gx = m*g*p + (x - mean)*q + r */
-void bn_relu_grad_apply(const float *g, const float *x, float *gx, int64_t M, int64_t C, const float *mean,
+int bn_relu_grad_apply(const float *g, const float *x, float *gx, int64_t M, int64_t C, const float *mean,
                         const float *a, const float *b, const float *p, const float *q, const float *r, int stream) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel
+  {
+#pragma omp for schedule(static) nowait
   for (int64_t row = 0; row < M; row++)
     for (int64_t c = 0; c < C; c += 8) {
       __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + row * C + c), _mm256_loadu_ps(mean + c));
@@ -109,5 +124,7 @@ void bn_relu_grad_apply(const float *g, const float *x, float *gx, int64_t M, in
       __m256 v = _mm256_fmadd_ps(gm, _mm256_loadu_ps(p + c), _mm256_fmadd_ps(d, _mm256_loadu_ps(q + c), _mm256_loadu_ps(r + c)));
       store8(gx + row * C + c, v, stream);
     }
-  _mm_sfence();
+    _mm_sfence(); /* each thread orders its own streaming stores */
+  }
+  return 0;
 }

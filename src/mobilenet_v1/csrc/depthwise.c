@@ -57,9 +57,10 @@ static inline __m256 window_full(const float *r0, const float *r1, const float *
 
 /* y[n, oh, ow] = sum_{kh,kw} w[kh,kw] * x[n, oh*s + kh - 1, ow*s + kw - 1]; with flip (stride 1 only) the taps
    are reversed, which makes this the input gradient of a stride-1 layer (x = dL/dy). */
-static void conv(const float *x, const float *w, float *y, int64_t N, int64_t H, int64_t W, int64_t C, int64_t OH,
-                 int64_t OW, int s, int flip) {
+static int conv(const float *x, const float *w, float *y, int64_t N, int64_t H, int64_t W, int64_t C, int64_t OH,
+                int64_t OW, int s, int flip) {
   float *zero = (float *)calloc((size_t)W * C, sizeof(float));
+  if (!zero) return 1;
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < N * OH; row++) {
     int64_t n = row / OH, oh = row % OH;
@@ -84,22 +85,24 @@ static void conv(const float *x, const float *w, float *y, int64_t N, int64_t H,
     }
   }
   free(zero);
+  return 0;
 }
 
-void dw3x3_forward(const float *x, const float *w, float *y, int64_t N, int64_t H, int64_t W, int64_t C, int64_t OH,
+/* The exported functions return 0, or 1 when memory for their scratch buffers could not be had. */
+int dw3x3_forward(const float *x, const float *w, float *y, int64_t N, int64_t H, int64_t W, int64_t C, int64_t OH,
                    int64_t OW, int s) {
-  conv(x, w, y, N, H, W, C, OH, OW, s, 0);
+  return conv(x, w, y, N, H, W, C, OH, OW, s, 0);
 }
 
 /* dL/dx. Stride 1: the forward with reversed taps. Stride 2: input (ih, iw) gets the taps with
    ih = 2*oh + kh - 1, i.e. kh = 1 for even ih, kh in {0, 2} for odd ih (and the same for columns). */
-void dw3x3_grad_input(const float *gy, const float *w, float *gx, int64_t N, int64_t H, int64_t W, int64_t C,
+int dw3x3_grad_input(const float *gy, const float *w, float *gx, int64_t N, int64_t H, int64_t W, int64_t C,
                       int64_t OH, int64_t OW, int s) {
   if (s == 1) {
-    conv(gy, w, gx, N, OH, OW, C, H, W, 1, 1);
-    return;
+    return conv(gy, w, gx, N, OH, OW, C, H, W, 1, 1);
   }
   float *zero = (float *)calloc((size_t)OW * C, sizeof(float));
+  if (!zero) return 1;
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < N * H; row++) {
     int64_t n = row / H, ih = row % H;
@@ -141,14 +144,20 @@ void dw3x3_grad_input(const float *gy, const float *w, float *gx, int64_t N, int
     }
   }
   free(zero);
+  return 0;
 }
 
 /* dL/dw[k][c] = sum over n, oh, ow of gy[n,oh,ow,c] * x[n, oh*s+kh-1, ow*s+kw-1, c]; per-thread double totals */
-void dw3x3_grad_weight(const float *gy, const float *x, double *gw, int64_t N, int64_t H, int64_t W, int64_t C,
+int dw3x3_grad_weight(const float *gy, const float *x, double *gw, int64_t N, int64_t H, int64_t W, int64_t C,
                        int64_t OH, int64_t OW, int s) {
   int nt = omp_get_max_threads();
   double *part = (double *)calloc((size_t)nt * 9 * C, sizeof(double));
   float *zero = (float *)calloc((size_t)W * C, sizeof(float));
+  if (!part || !zero) {
+    free(part);
+    free(zero);
+    return 1;
+  }
 #pragma omp parallel num_threads(nt)
   {
     int t = omp_get_thread_num(), T = omp_get_num_threads();
@@ -179,12 +188,17 @@ void dw3x3_grad_weight(const float *gy, const float *x, double *gw, int64_t N, i
             a[6] = FMA(gv, LD(r2), a[6]);
             a[7] = FMA(gv, LD(r2 + C), a[7]);
             a[8] = FMA(gv, LD(r2 + 2 * C), a[8]);
-          } else {
-            for (int kw = 0; kw < 3; kw++) {
-              int64_t iw = col + kw;
-              if (iw < 0 || iw >= W) continue;
-              for (int kh = 0; kh < 3; kh++) a[kh * 3 + kw] = FMA(gv, LD(r[kh] + iw * C + c), a[kh * 3 + kw]);
-            }
+          } else { /* constant indices only, so that a[] stays in registers */
+#define EDGE_COLUMN(kw)                                                 \
+  if (col + kw >= 0 && col + kw < W) {                                  \
+    a[kw] = FMA(gv, LD(r[0] + (col + kw) * C + c), a[kw]);             \
+    a[3 + kw] = FMA(gv, LD(r[1] + (col + kw) * C + c), a[3 + kw]);     \
+    a[6 + kw] = FMA(gv, LD(r[2] + (col + kw) * C + c), a[6 + kw]);     \
+  }
+            EDGE_COLUMN(0)
+            EDGE_COLUMN(1)
+            EDGE_COLUMN(2)
+#undef EDGE_COLUMN
           }
         }
         for (int k = 0; k < 9; k++) {
@@ -200,4 +214,5 @@ void dw3x3_grad_weight(const float *gy, const float *x, double *gw, int64_t N, i
     for (int64_t k = 0; k < 9 * C; k++) gw[k] += part[(size_t)t * 9 * C + k];
   free(zero);
   free(part);
+  return 0;
 }
