@@ -97,10 +97,10 @@ def load() -> ctypes.CDLL | None:
         log.info("fused training kernels: cannot load %s (%s)", lib_path, e)
         return None
     p = ctypes.c_void_p
-    lib.bn_relu_stats.argtypes = [p, _I64, _I64, p, p]
-    lib.bn_relu_apply.argtypes = [p, p, _I64, _I64, p, p, p, _INT]
-    lib.bn_relu_grad_sums.argtypes = [p, p, _I64, _I64, p, p, p, p, p]
-    lib.bn_relu_grad_apply.argtypes = [p, p, p, _I64, _I64, p, p, p, p, p, p, _INT]
+    lib.bn_relu_stats.argtypes = [p, _I64, _I64, p, p, p, _INT]
+    lib.bn_relu_apply.argtypes = [p, p, _I64, _I64, p, p, p, _INT, _INT]
+    lib.bn_relu_grad_sums.argtypes = [p, p, _I64, _I64, p, p, p, p, p, _INT]
+    lib.bn_relu_grad_apply.argtypes = [p, p, p, _I64, _I64, p, p, p, p, p, p, _INT, _INT]
     for name in ("dw3x3_forward", "dw3x3_grad_input", "dw3x3_grad_weight"):
         getattr(lib, name).argtypes = [p, p, p, _I64, _I64, _I64, _I64, _I64, _I64, _INT]
     for name in (*_BN_FUNCTIONS, "dw3x3_forward", "dw3x3_grad_input", "dw3x3_grad_weight"):
@@ -125,12 +125,13 @@ class BatchNormReLU(torch.autograd.Function):
         lib = load()
         n, c, h, w = x.shape
         m = n * h * w
+        bf16 = int(x.dtype == torch.bfloat16)  # read and written as bfloat16, computed in float32
         s1 = torch.empty(c, dtype=torch.float64)
         s2 = torch.empty(c, dtype=torch.float64)
-        _call(lib.bn_relu_stats, _ptr(x), m, c, _ptr(s1), _ptr(s2))
-        shift = x[0, :, 0, 0].double()  # the kernel sums x - shift (against cancellation in the variance)
+        shift = x[0, :, 0, 0].float().contiguous()  # the kernel sums x - shift (against cancellation)
+        _call(lib.bn_relu_stats, _ptr(x), m, c, _ptr(shift), _ptr(s1), _ptr(s2), bf16)
         d = s1 / m
-        mean = shift + d
+        mean = shift.double() + d
         var = (s2 / m - d * d).clamp_min(0)
         invstd = (var + eps).rsqrt()
         with torch.no_grad():  # as F.batch_norm: unbiased variance into the running estimate
@@ -141,7 +142,8 @@ class BatchNormReLU(torch.autograd.Function):
         a = (weight.detach().double() * invstd).float()
         b = bias.detach().float().contiguous()
         y = torch.empty_like(x, memory_format=torch.channels_last)
-        _call(lib.bn_relu_apply, _ptr(x), _ptr(y), m, c, _ptr(mean32), _ptr(a), _ptr(b), int(x.nbytes > STREAM_BYTES))
+        big = int(x.nbytes > STREAM_BYTES)
+        _call(lib.bn_relu_apply, _ptr(x), _ptr(y), m, c, _ptr(mean32), _ptr(a), _ptr(b), big, bf16)
         ctx.save_for_backward(x, weight, mean, mean32, invstd, a, b)
         return y
 
@@ -150,12 +152,13 @@ class BatchNormReLU(torch.autograd.Function):
     def backward(ctx, gy):
         lib = load()
         x, weight, mean, mean32, invstd, a, b = ctx.saved_tensors
-        gy = gy.contiguous(memory_format=torch.channels_last)
+        gy = gy.to(x.dtype).contiguous(memory_format=torch.channels_last)
         n, c, h, w = x.shape
         m = n * h * w
+        bf16 = int(x.dtype == torch.bfloat16)
         sg = torch.empty(c, dtype=torch.float64)
         sgx = torch.empty(c, dtype=torch.float64)
-        _call(lib.bn_relu_grad_sums, _ptr(gy), _ptr(x), m, c, _ptr(mean32), _ptr(a), _ptr(b), _ptr(sg), _ptr(sgx))
+        _call(lib.bn_relu_grad_sums, _ptr(gy), _ptr(x), m, c, _ptr(mean32), _ptr(a), _ptr(b), _ptr(sg), _ptr(sgx), bf16)
         # g = dL/dy masked by the ReLU, d = x - mean32; sg = Σ g, sgx = Σ g·d; x̂ = (x - mean)·invstd.
         # dL/dx = γ·invstd·(g - Σg/m - x̂·Σ(g·x̂)/m) = p·g + q·d + r
         grad_weight = invstd * (sgx + (mean32 - mean) * sg)  # Σ g·x̂, with the float32 mean's rounding taken out
@@ -179,18 +182,18 @@ class BatchNormReLU(torch.autograd.Function):
             _ptr(q),
             _ptr(r),
             big,
+            bf16,
         )
         return gx, grad_weight.to(weight.dtype), sg.to(weight.dtype), None, None, None, None
 
 
-def _fast_input(x: torch.Tensor) -> bool:
+def _fast_input(x: torch.Tensor, dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> bool:
     return (
         x.device.type == "cpu"
-        and x.dtype == torch.float32
+        and x.dtype in dtypes
         and x.dim() == 4
         and x.shape[1] % 8 == 0
         and x.is_contiguous(memory_format=torch.channels_last)
-        and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
     )
 
@@ -205,7 +208,7 @@ def applies(bn: nn.Module, x: torch.Tensor) -> bool:
         and bn.momentum is not None
         and bn.weight.dtype == torch.float32
         and x.shape[0] * x.shape[2] * x.shape[3] > 1
-        and _fast_input(x)
+        and _fast_input(x, (torch.float32, torch.bfloat16))  # bf16: a map from a convolution under autocast
     )
 
 
@@ -222,6 +225,7 @@ def depthwise_applies(conv: nn.Module, x: torch.Tensor) -> bool:
         and conv.padding_mode == "zeros"
         and conv.bias is None
         and conv.weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")  # autocast would run this convolution in bf16
         and _fast_input(x)
     )
 

@@ -1,6 +1,7 @@
 /* Batch norm with batch statistics, fused with ReLU, for training on x86 CPUs (AVX2 + FMA).
 
-   Maps are float32, channels-last, viewed as [M, C] rows (M = N*H*W, C % 8 == 0). PyTorch runs
+   Maps are float32 or bfloat16 (bf16 != 0; computed in float32), channels-last, viewed as [M, C] rows
+   (M = N*H*W, C % 8 == 0). PyTorch runs
    batch_norm + relu_ as separate passes over memory (forward: statistics, normalise, ReLU; backward: ReLU
    mask, two batch-norm passes); these do two passes each way. The backward pass re-derives the ReLU mask
    from x and the forward scale/shift instead of reading the output, and maps larger than the caches are
@@ -18,11 +19,38 @@
 
 #define BLOCK_ROWS 64 /* rows summed in float before they join the per-thread double totals */
 
+/* 8 values at element i of a float32 or bfloat16 array, as float32 */
+static inline __m256 load8(const void *p, int64_t i, int bf16) {
+  if (!bf16) return _mm256_loadu_ps((const float *)p + i);
+  __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)p + i));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+/* store 8 float32 values at element i, as float32 or as bfloat16 (round to nearest even, NaN kept) */
+static inline void store8(void *p, int64_t i, __m256 v, int bf16, int stream) {
+  if (!bf16) {
+    if (stream)
+      _mm256_stream_ps((float *)p + i, v);
+    else
+      _mm256_storeu_ps((float *)p + i, v);
+    return;
+  }
+  __m256i b = _mm256_castps_si256(v);
+  __m256i odd = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(b, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF))), 16);
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+  __m128i h = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)); /* all <= 0xFFFF */
+  if (stream)
+    _mm_stream_si128((__m128i *)((uint16_t *)p + i), h);
+  else
+    _mm_storeu_si128((__m128i *)((uint16_t *)p + i), h);
+}
+
 /* Per-channel sums over all rows, in double, of x - k (k: a per-channel shift, against cancellation).
    mode 0 (statistics): s1 += x - k, s2 += (x - k)^2. mode 1 (gradient, k = the batch mean): with the ReLU mask
    m = ((x - k)*a + b > 0), s1 += m*g, s2 += m*g*(x - k). */
-static int channel_sums(const float *x, const float *g, const float *k, const float *a, const float *b, int64_t M,
-                        int64_t C, double *s1, double *s2, int mode) {
+static int channel_sums(const void *x, const void *g, const float *k, const float *a, const float *b, int64_t M,
+                        int64_t C, double *s1, double *s2, int mode, int bf16) {
   int nt = omp_get_max_threads();
   double *part = (double *)calloc((size_t)nt * 2 * C, sizeof(double));
   float *blocks = (float *)aligned_alloc(32, sizeof(float) * 2 * C * nt); /* C % 8 == 0: a multiple of 32 bytes */
@@ -36,20 +64,19 @@ static int channel_sums(const float *x, const float *g, const float *k, const fl
     int t = omp_get_thread_num(), T = omp_get_num_threads();
     double *p1 = part + (size_t)t * 2 * C, *p2 = p1 + C;
     float *a1 = blocks + (size_t)t * 2 * C, *a2 = a1 + C;
-    int64_t blocks = (M + BLOCK_ROWS - 1) / BLOCK_ROWS;
-    for (int64_t blk = blocks * t / T; blk < blocks * (t + 1) / T; blk++) {
+    int64_t nblocks = (M + BLOCK_ROWS - 1) / BLOCK_ROWS;
+    for (int64_t blk = nblocks * t / T; blk < nblocks * (t + 1) / T; blk++) {
       memset(a1, 0, sizeof(float) * 2 * C);
       int64_t end = (blk + 1) * BLOCK_ROWS < M ? (blk + 1) * BLOCK_ROWS : M;
       for (int64_t r = blk * BLOCK_ROWS; r < end; r++) {
-        const float *xr = x + r * C;
         for (int64_t c = 0; c < C; c += 8) {
-          __m256 d = _mm256_sub_ps(_mm256_loadu_ps(xr + c), _mm256_loadu_ps(k + c)), u, v;
+          __m256 d = _mm256_sub_ps(load8(x, r * C + c, bf16), _mm256_loadu_ps(k + c)), u, v;
           if (mode == 0) {
             u = d;
             v = _mm256_mul_ps(d, d);
           } else {
             __m256 pre = _mm256_fmadd_ps(d, _mm256_loadu_ps(a + c), _mm256_loadu_ps(b + c));
-            u = _mm256_and_ps(_mm256_cmp_ps(pre, _mm256_setzero_ps(), _CMP_GT_OQ), _mm256_loadu_ps(g + r * C + c));
+            u = _mm256_and_ps(_mm256_cmp_ps(pre, _mm256_setzero_ps(), _CMP_GT_OQ), load8(g, r * C + c, bf16));
             v = _mm256_mul_ps(u, d);
           }
           _mm256_store_ps(a1 + c, _mm256_add_ps(_mm256_load_ps(a1 + c), u));
@@ -73,31 +100,24 @@ static int channel_sums(const float *x, const float *g, const float *k, const fl
   return 0;
 }
 
-static inline void store8(float *p, __m256 v, int stream) {
-  if (stream)
-    _mm256_stream_ps(p, v);
-  else
-    _mm256_storeu_ps(p, v);
-}
-
 /* The exported functions return 0, or 1 when memory for their scratch buffers could not be had. */
 
-/* sum[c] = sum of (x - x[0, c]), sumsq[c] = sum of (x - x[0, c])^2 */
-int bn_relu_stats(const float *x, int64_t M, int64_t C, double *sum, double *sumsq) {
-  return channel_sums(x, NULL, x, NULL, NULL, M, C, sum, sumsq, 0);
+/* sum[c] = sum of (x - k[c]), sumsq[c] = sum of (x - k[c])^2; k: a shift, the first row in float32 */
+int bn_relu_stats(const void *x, int64_t M, int64_t C, const float *k, double *sum, double *sumsq, int bf16) {
+  return channel_sums(x, NULL, k, NULL, NULL, M, C, sum, sumsq, 0, bf16);
 }
 
 /* y = max((x - mean)*a + b, 0) */
-int bn_relu_apply(const float *x, float *y, int64_t M, int64_t C, const float *mean, const float *a, const float *b,
-                   int stream) {
+int bn_relu_apply(const void *x, void *y, int64_t M, int64_t C, const float *mean, const float *a, const float *b,
+                  int stream, int bf16) {
 #pragma omp parallel
   {
 #pragma omp for schedule(static) nowait
   for (int64_t r = 0; r < M; r++)
     for (int64_t c = 0; c < C; c += 8) {
-      __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + r * C + c), _mm256_loadu_ps(mean + c));
+      __m256 d = _mm256_sub_ps(load8(x, r * C + c, bf16), _mm256_loadu_ps(mean + c));
       __m256 v = _mm256_fmadd_ps(d, _mm256_loadu_ps(a + c), _mm256_loadu_ps(b + c));
-      store8(y + r * C + c, _mm256_max_ps(_mm256_setzero_ps(), v), stream); /* NaN stays NaN, as in torch.relu */
+      store8(y, r * C + c, _mm256_max_ps(_mm256_setzero_ps(), v), bf16, stream); /* NaN stays NaN, as in relu */
     }
     _mm_sfence(); /* each thread orders its own streaming stores */
   }
@@ -105,24 +125,25 @@ int bn_relu_apply(const float *x, float *y, int64_t M, int64_t C, const float *m
 }
 
 /* with the forward's mask m = ((x - mean)*a + b > 0): sg[c] = sum of m*g, sgx[c] = sum of m*g*(x - mean) */
-int bn_relu_grad_sums(const float *g, const float *x, int64_t M, int64_t C, const float *mean, const float *a,
-                       const float *b, double *sg, double *sgx) {
-  return channel_sums(x, g, mean, a, b, M, C, sg, sgx, 1);
+int bn_relu_grad_sums(const void *g, const void *x, int64_t M, int64_t C, const float *mean, const float *a,
+                      const float *b, double *sg, double *sgx, int bf16) {
+  return channel_sums(x, g, mean, a, b, M, C, sg, sgx, 1, bf16);
 }
 
 /* gx = m*g*p + (x - mean)*q + r */
-int bn_relu_grad_apply(const float *g, const float *x, float *gx, int64_t M, int64_t C, const float *mean,
-                        const float *a, const float *b, const float *p, const float *q, const float *r, int stream) {
+int bn_relu_grad_apply(const void *g, const void *x, void *gx, int64_t M, int64_t C, const float *mean,
+                       const float *a, const float *b, const float *p, const float *q, const float *r, int stream,
+                       int bf16) {
 #pragma omp parallel
   {
 #pragma omp for schedule(static) nowait
   for (int64_t row = 0; row < M; row++)
     for (int64_t c = 0; c < C; c += 8) {
-      __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + row * C + c), _mm256_loadu_ps(mean + c));
+      __m256 d = _mm256_sub_ps(load8(x, row * C + c, bf16), _mm256_loadu_ps(mean + c));
       __m256 pre = _mm256_fmadd_ps(d, _mm256_loadu_ps(a + c), _mm256_loadu_ps(b + c));
-      __m256 gm = _mm256_and_ps(_mm256_cmp_ps(pre, _mm256_setzero_ps(), _CMP_GT_OQ), _mm256_loadu_ps(g + row * C + c));
+      __m256 gm = _mm256_and_ps(_mm256_cmp_ps(pre, _mm256_setzero_ps(), _CMP_GT_OQ), load8(g, row * C + c, bf16));
       __m256 v = _mm256_fmadd_ps(gm, _mm256_loadu_ps(p + c), _mm256_fmadd_ps(d, _mm256_loadu_ps(q + c), _mm256_loadu_ps(r + c)));
-      store8(gx + row * C + c, v, stream);
+      store8(gx, row * C + c, v, bf16, stream);
     }
     _mm_sfence(); /* each thread orders its own streaming stores */
   }
