@@ -4,15 +4,16 @@ In a CPU training step of MobileNet-V1 a third of the time goes to batch norm an
 separate memory-bound passes over every activation map, and the depthwise convolutions take far longer than
 their Mult-Adds (BENCHMARKS.md, "where the step's time goes"). Two kernels:
 
-- ``csrc/bn_relu.c``: batch norm with batch statistics fused with ReLU, two passes forward and two backward;
-- ``csrc/depthwise.c``: the 3×3 depthwise convolution (padding 1, stride 1 or 2) and both its gradients.
+- ``csrc/bn_relu.c``: batch norm with batch statistics fused with ReLU, two passes forward and two backward, on
+  float32 maps or the bfloat16 ones convolutions give under bf16 autocast;
+- ``csrc/depthwise.c``: the 3×3 depthwise convolution (padding 1, stride 1 or 2) and both its gradients, float32.
 
 :func:`enable` marks a model's ``ConvBNAct`` blocks; in training mode each then uses a kernel where it applies —
-a float32, channels-last CPU tensor with a multiple of 8 channels, a plain ``nn.BatchNorm2d`` tracking running
-statistics followed by ReLU, an ``nn.Conv2d`` of that depthwise shape — and PyTorch's own operators everywhere
-else (evaluation, bf16 autocast, GPUs, SyncBatchNorm, TF 'SAME' padding, ``torch.compile``). Results match
-PyTorch's to float rounding (``tests/test_fused.py``: against float64 references, at least as close as
-PyTorch's float32 operators).
+a channels-last CPU tensor with a multiple of 8 channels; a plain ``nn.BatchNorm2d`` tracking running statistics
+followed by ReLU; an ``nn.Conv2d`` of that depthwise shape outside autocast — and PyTorch's own operators
+everywhere else (evaluation, GPUs, SyncBatchNorm, TF 'SAME' padding, hooked modules, ``torch.compile``).
+Results match PyTorch's to float rounding (``tests/test_fused.py``: against float64 references, about as close
+as PyTorch's own float32 and bf16 operators).
 
 The sources are compiled with the system's C compiler (``$CC``, else ``cc``; ``-O3 -march=native -fopenmp``)
 into the cache directory, one build per source, compiler and CPU, written atomically. Where there is no

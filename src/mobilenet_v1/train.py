@@ -50,7 +50,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 with loss scaling)
     channels_last: bool = True
     compile: bool = False
-    fused_kernels: bool = True  # CPU, fp32: batch norm + ReLU as one compiled kernel where it applies (fused.py)
+    fused_kernels: bool = True  # CPU: BN + ReLU and 3×3 depthwise convolutions on compiled kernels (fused.py)
     sync_bn: bool = False  # SyncBatchNorm (GPU only in PyTorch)
     augment: bool = True
     train_subset: int | None = None

@@ -61,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--no-fused-kernels",
         dest="fused_kernels",
         action="store_false",
-        help="CPU: run batch norm and ReLU as PyTorch's separate operators, not the compiled fused kernel",
+        help="CPU: run batch norm, ReLU and depthwise convolutions on PyTorch's operators, not the compiled kernels",
     )
     s.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (GPU)")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
