@@ -147,23 +147,28 @@ int dw3x3_grad_input(const float *gy, const float *w, float *gx, int64_t N, int6
   return 0;
 }
 
+#define FLUSH_ROWS 16 /* output rows summed in float before they join the per-thread double totals */
+
 /* dL/dw[k][c] = sum over n, oh, ow of gy[n,oh,ow,c] * x[n, oh*s+kh-1, ow*s+kw-1, c]; per-thread double totals */
 int dw3x3_grad_weight(const float *gy, const float *x, double *gw, int64_t N, int64_t H, int64_t W, int64_t C,
-                       int64_t OH, int64_t OW, int s) {
+                      int64_t OH, int64_t OW, int s) {
   int nt = omp_get_max_threads();
   double *part = (double *)calloc((size_t)nt * 9 * C, sizeof(double));
   float *zero = (float *)calloc((size_t)W * C, sizeof(float));
-  if (!part || !zero) {
+  float *sums = (float *)calloc((size_t)nt * 9 * C, sizeof(float));
+  if (!part || !zero || !sums) {
     free(part);
     free(zero);
+    free(sums);
     return 1;
   }
 #pragma omp parallel num_threads(nt)
   {
     int t = omp_get_thread_num(), T = omp_get_num_threads();
     double *p = part + (size_t)t * 9 * C;
-    int64_t rows = N * OH;
-    for (int64_t row = rows * t / T; row < rows * (t + 1) / T; row++) {
+    float *f = sums + (size_t)t * 9 * C; /* the current block of rows, in float */
+    int64_t rows = N * OH, first = rows * t / T, last = rows * (t + 1) / T;
+    for (int64_t row = first; row < last; row++) {
       int64_t n = row / OH, oh = row % OH;
       const float *r[3];
       for (int kh = 0; kh < 3; kh++) {
@@ -201,10 +206,12 @@ int dw3x3_grad_weight(const float *gy, const float *x, double *gw, int64_t N, in
 #undef EDGE_COLUMN
           }
         }
-        for (int k = 0; k < 9; k++) {
-          float v[8];
-          _mm256_storeu_ps(v, a[k]);
-          for (int i = 0; i < 8; i++) p[k * C + c + i] += v[i];
+        for (int k = 0; k < 9; k++) _mm256_storeu_ps(f + k * C + c, _mm256_add_ps(LD(f + k * C + c), a[k]));
+      }
+      if ((row - first + 1) % FLUSH_ROWS == 0 || row + 1 == last) {
+        for (int64_t k = 0; k < 9 * C; k++) {
+          p[k] += f[k];
+          f[k] = 0.f;
         }
       }
     }
@@ -214,5 +221,6 @@ int dw3x3_grad_weight(const float *gy, const float *x, double *gw, int64_t N, in
     for (int64_t k = 0; k < 9 * C; k++) gw[k] += part[(size_t)t * 9 * C + k];
   free(zero);
   free(part);
+  free(sums);
   return 0;
 }

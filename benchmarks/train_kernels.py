@@ -1,0 +1,124 @@
+"""The CPU training kernels (mobilenet_v1/fused.py) against PyTorch's operators, one layer at a time.
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/train_kernels.py --out benchmarks/results/zen3_train_kernels
+
+Batch norm + ReLU (float32 and bfloat16 maps) and the 3×3 depthwise convolution (float32), forward + backward
+at batch-32 MobileNet shapes, in one process with 2 threads and the trainer's malloc tuning. Each case
+alternates PyTorch and the kernel for several rounds of a few calls; reported: the median call time of each
+and the ratio. A whole training step is `train_throughput.py`'s job; this one says where its gain comes from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from train_throughput import _cpu_model  # benchmarks/ is the script's directory
+
+from mobilenet_v1 import fused
+from mobilenet_v1.allocator import keep_freed_memory
+
+BN_SHAPES = [(112, 64), (56, 128), (14, 512)]  # (size, channels): the largest maps at 224, and a 14×14 one
+DW_SHAPES = [(112, 32, 1), (112, 64, 2), (56, 128, 1), (28, 256, 1), (14, 512, 1), (7, 1024, 1)]
+
+
+def _median_ms(fn, rounds: int, calls: int) -> float:
+    times = []
+    for _ in range(rounds):
+        for _ in range(calls):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def _pair(name: str, pytorch, kernel, rounds: int, calls: int) -> dict:
+    for fn in (pytorch, kernel):  # warm up: allocations, first-touch, the kernel library's build
+        fn()
+        fn()
+    med = {"pytorch": [], "kernel": []}
+    for r in range(rounds):
+        order = [("pytorch", pytorch), ("kernel", kernel)]
+        for key, fn in order if r % 2 == 0 else order[::-1]:
+            med[key].append(_median_ms(fn, 1, calls))
+    row = {"case": name, "pytorch_ms": statistics.median(med["pytorch"]), "kernel_ms": statistics.median(med["kernel"])}
+    row["speedup"] = row["pytorch_ms"] / row["kernel_ms"]
+    print(f"{name}: PyTorch {row['pytorch_ms']:.1f} ms, kernel {row['kernel_ms']:.1f} ms ({row['speedup']:.2f}×)")
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--calls", type=int, default=5)
+    p.add_argument("--out", default="benchmarks/results/train_kernels")
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    keep_freed_memory()
+    if fused.load() is None:
+        raise SystemExit("the kernels could not be built here (no C compiler, or no AVX2/FMA)")
+    torch.manual_seed(0)
+    rows = []
+    for size, ch in BN_SHAPES:
+        for dtype in (torch.float32, torch.bfloat16):
+            x = torch.randn(args.batch, ch, size, size).to(dtype).contiguous(memory_format=torch.channels_last)
+            x.requires_grad_()
+            g = torch.randn_like(x)
+            bn = nn.BatchNorm2d(ch).train()
+            rows.append(
+                _pair(
+                    f"BN+ReLU {size}x{size}x{ch} {str(dtype).split('.')[1]}",
+                    lambda x=x, g=g, bn=bn: F.relu(bn(x), inplace=True).backward(g),
+                    lambda x=x, g=g, bn=bn: fused.batch_norm_relu(bn, x).backward(g),
+                    args.rounds,
+                    args.calls,
+                )
+            )
+    for size, ch, stride in DW_SHAPES:
+        x = torch.randn(args.batch, ch, size, size).contiguous(memory_format=torch.channels_last).requires_grad_()
+        conv = nn.Conv2d(ch, ch, 3, stride, 1, groups=ch, bias=False)
+        g = torch.randn_like(conv(x))
+        rows.append(
+            _pair(
+                f"depthwise {size}x{size}x{ch} stride {stride}",
+                lambda x=x, g=g, conv=conv: conv(x).backward(g),
+                lambda x=x, g=g, conv=conv: fused.depthwise(conv, x).backward(g),
+                args.rounds,
+                args.calls,
+            )
+        )
+    result = {
+        "command": " ".join(["python", *sys.argv]),
+        "cpu": _cpu_model(),
+        "threads": 2,
+        "torch": torch.__version__,
+        "batch": args.batch,
+        "rounds": args.rounds,
+        "calls_per_round": args.calls,
+        "rows": rows,
+    }
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out + ".json", "w") as f:
+        json.dump(result, f, indent=2)
+    lines = [
+        f"`{result['command']}` — {result['cpu']}, 2 threads, torch {result['torch']}, batch {args.batch}, "
+        f"{args.rounds} alternating rounds × {args.calls} calls, forward + backward, medians",
+        "",
+        "| case | PyTorch ms | kernel ms | speed-up |",
+        "|---|---:|---:|---:|",
+        *(f"| {r['case']} | {r['pytorch_ms']:.1f} | {r['kernel_ms']:.1f} | {r['speedup']:.2f}× |" for r in rows),
+    ]
+    with open(args.out + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
