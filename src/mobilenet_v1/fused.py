@@ -42,8 +42,17 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("bn_relu.c", "depthwise.c")
 STREAM_BYTES = 8 << 20  # maps above this are written with streaming stores (they leave the caches anyway)
-_I64, _INT = ctypes.c_int64, ctypes.c_int
-_BN_FUNCTIONS = ("bn_relu_stats", "bn_relu_apply", "bn_relu_grad_sums", "bn_relu_grad_apply")
+_P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+_DEPTHWISE = [_P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _INT]  # in, taps, out, N, H, W, C, OH, OW, stride
+_SIGNATURES = {  # the C functions' arguments (csrc/*.c)
+    "bn_relu_stats": [_P, _I64, _I64, _P, _P, _P, _INT],
+    "bn_relu_apply": [_P, _P, _I64, _I64, _P, _P, _P, _INT, _INT],
+    "bn_relu_grad_sums": [_P, _P, _I64, _I64, _P, _P, _P, _P, _P, _INT],
+    "bn_relu_grad_apply": [_P, _P, _P, _I64, _I64, _P, _P, _P, _P, _P, _P, _INT, _INT],
+    "dw3x3_forward": _DEPTHWISE,
+    "dw3x3_grad_input": _DEPTHWISE,
+    "dw3x3_grad_weight": _DEPTHWISE,
+}
 
 
 def _cpu_id() -> str:
@@ -97,15 +106,9 @@ def load() -> ctypes.CDLL | None:
     except OSError as e:
         log.info("fused training kernels: cannot load %s (%s)", lib_path, e)
         return None
-    p = ctypes.c_void_p
-    lib.bn_relu_stats.argtypes = [p, _I64, _I64, p, p, p, _INT]
-    lib.bn_relu_apply.argtypes = [p, p, _I64, _I64, p, p, p, _INT, _INT]
-    lib.bn_relu_grad_sums.argtypes = [p, p, _I64, _I64, p, p, p, p, p, _INT]
-    lib.bn_relu_grad_apply.argtypes = [p, p, p, _I64, _I64, p, p, p, p, p, p, _INT, _INT]
-    for name in ("dw3x3_forward", "dw3x3_grad_input", "dw3x3_grad_weight"):
-        getattr(lib, name).argtypes = [p, p, p, _I64, _I64, _I64, _I64, _I64, _I64, _INT]
-    for name in (*_BN_FUNCTIONS, "dw3x3_forward", "dw3x3_grad_input", "dw3x3_grad_weight"):
-        getattr(lib, name).restype = _INT  # 0, or 1: out of memory (see _call)
+    for name, argtypes in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = argtypes, _INT  # returns 0, or 1: out of memory (see _call)
     return lib
 
 

@@ -46,6 +46,17 @@ static inline void store8(void *p, int64_t i, __m256 v, int bf16, int stream) {
     _mm_storeu_si128((__m128i *)((uint16_t *)p + i), h);
 }
 
+/* The normalised value before ReLU, (x - mean)*a + b, from d = x - mean: forward and backward compute it with the
+   same instruction, so the backward's ReLU mask is exactly the forward's. */
+static inline __m256 pre_relu(__m256 d, const float *a, const float *b, int64_t c) {
+  return _mm256_fmadd_ps(d, _mm256_loadu_ps(a + c), _mm256_loadu_ps(b + c));
+}
+
+/* g where pre_relu > 0, else 0 */
+static inline __m256 relu_masked(__m256 pre, __m256 g) {
+  return _mm256_and_ps(_mm256_cmp_ps(pre, _mm256_setzero_ps(), _CMP_GT_OQ), g);
+}
+
 /* Per-channel sums over all rows, in double, of x - k (k: a per-channel shift, against cancellation).
    mode 0 (statistics): s1 += x - k, s2 += (x - k)^2. mode 1 (gradient, k = the batch mean): with the ReLU mask
    m = ((x - k)*a + b > 0), s1 += m*g, s2 += m*g*(x - k). */
@@ -75,8 +86,7 @@ static int channel_sums(const void *x, const void *g, const float *k, const floa
             u = d;
             v = _mm256_mul_ps(d, d);
           } else {
-            __m256 pre = _mm256_fmadd_ps(d, _mm256_loadu_ps(a + c), _mm256_loadu_ps(b + c));
-            u = _mm256_and_ps(_mm256_cmp_ps(pre, _mm256_setzero_ps(), _CMP_GT_OQ), load8(g, r * C + c, bf16));
+            u = relu_masked(pre_relu(d, a, b, c), load8(g, r * C + c, bf16));
             v = _mm256_mul_ps(u, d);
           }
           _mm256_store_ps(a1 + c, _mm256_add_ps(_mm256_load_ps(a1 + c), u));
@@ -116,8 +126,7 @@ int bn_relu_apply(const void *x, void *y, int64_t M, int64_t C, const float *mea
   for (int64_t r = 0; r < M; r++)
     for (int64_t c = 0; c < C; c += 8) {
       __m256 d = _mm256_sub_ps(load8(x, r * C + c, bf16), _mm256_loadu_ps(mean + c));
-      __m256 v = _mm256_fmadd_ps(d, _mm256_loadu_ps(a + c), _mm256_loadu_ps(b + c));
-      store8(y, r * C + c, _mm256_max_ps(_mm256_setzero_ps(), v), bf16, stream); /* NaN stays NaN, as in relu */
+      store8(y, r * C + c, _mm256_max_ps(_mm256_setzero_ps(), pre_relu(d, a, b, c)), bf16, stream); /* NaN stays NaN, as in relu */
     }
     _mm_sfence(); /* each thread orders its own streaming stores */
   }
@@ -140,8 +149,7 @@ int bn_relu_grad_apply(const void *g, const void *x, void *gx, int64_t M, int64_
   for (int64_t row = 0; row < M; row++)
     for (int64_t c = 0; c < C; c += 8) {
       __m256 d = _mm256_sub_ps(load8(x, row * C + c, bf16), _mm256_loadu_ps(mean + c));
-      __m256 pre = _mm256_fmadd_ps(d, _mm256_loadu_ps(a + c), _mm256_loadu_ps(b + c));
-      __m256 gm = _mm256_and_ps(_mm256_cmp_ps(pre, _mm256_setzero_ps(), _CMP_GT_OQ), load8(g, row * C + c, bf16));
+      __m256 gm = relu_masked(pre_relu(d, a, b, c), load8(g, row * C + c, bf16));
       __m256 v = _mm256_fmadd_ps(gm, _mm256_loadu_ps(p + c), _mm256_fmadd_ps(d, _mm256_loadu_ps(q + c), _mm256_loadu_ps(r + c)));
       store8(gx, row * C + c, v, bf16, stream);
     }

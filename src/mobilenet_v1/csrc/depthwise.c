@@ -20,45 +20,30 @@
 
 /* Sum over the 3x3 window whose top-left input is column `col` of rows r[0..2] (each already offset to the
    8-channel chunk), taps w (offset to the chunk) in tap order kh*3+kw; columns outside [0, W) skipped. */
-static inline __m256 window(const float *const r[3], int64_t col, int64_t W, int64_t C, const float *w, int flip) {
+static inline __m256 window(const float *const r[3], int64_t col, int64_t W, int64_t C, const float *w) {
   __m256 acc = _mm256_setzero_ps();
   for (int kw = 0; kw < 3; kw++) {
     int64_t iw = col + kw;
     if (iw < 0 || iw >= W) continue;
-    for (int kh = 0; kh < 3; kh++) {
-      int k = kh * 3 + kw;
-      acc = FMA(LD(r[kh] + iw * C), LD(w + (flip ? 8 - k : k) * C), acc);
-    }
+    for (int kh = 0; kh < 3; kh++) acc = FMA(LD(r[kh] + iw * C), LD(w + (kh * 3 + kw) * C), acc);
   }
   return acc;
 }
 
-static inline __m256 window_full(const float *r0, const float *r1, const float *r2, int64_t C, const float *w,
-                                 int flip) {
-  const float *wk = w;
-  __m256 a, b, c;
-  if (!flip) {
-    a = FMA(LD(r0), LD(wk), _mm256_mul_ps(LD(r0 + C), LD(wk + C)));
-    b = FMA(LD(r1), LD(wk + 3 * C), _mm256_mul_ps(LD(r1 + C), LD(wk + 4 * C)));
-    c = FMA(LD(r2), LD(wk + 6 * C), _mm256_mul_ps(LD(r2 + C), LD(wk + 7 * C)));
-    a = FMA(LD(r0 + 2 * C), LD(wk + 2 * C), a);
-    b = FMA(LD(r1 + 2 * C), LD(wk + 5 * C), b);
-    c = FMA(LD(r2 + 2 * C), LD(wk + 8 * C), c);
-  } else {
-    a = FMA(LD(r0), LD(wk + 8 * C), _mm256_mul_ps(LD(r0 + C), LD(wk + 7 * C)));
-    b = FMA(LD(r1), LD(wk + 5 * C), _mm256_mul_ps(LD(r1 + C), LD(wk + 4 * C)));
-    c = FMA(LD(r2), LD(wk + 2 * C), _mm256_mul_ps(LD(r2 + C), LD(wk + 1 * C)));
-    a = FMA(LD(r0 + 2 * C), LD(wk + 6 * C), a);
-    b = FMA(LD(r1 + 2 * C), LD(wk + 3 * C), b);
-    c = FMA(LD(r2 + 2 * C), LD(wk), c);
-  }
+/* The same for a window inside the map, unrolled, in three independent sums */
+static inline __m256 window_full(const float *r0, const float *r1, const float *r2, int64_t C, const float *w) {
+  __m256 a = FMA(LD(r0), LD(w), _mm256_mul_ps(LD(r0 + C), LD(w + C)));
+  __m256 b = FMA(LD(r1), LD(w + 3 * C), _mm256_mul_ps(LD(r1 + C), LD(w + 4 * C)));
+  __m256 c = FMA(LD(r2), LD(w + 6 * C), _mm256_mul_ps(LD(r2 + C), LD(w + 7 * C)));
+  a = FMA(LD(r0 + 2 * C), LD(w + 2 * C), a);
+  b = FMA(LD(r1 + 2 * C), LD(w + 5 * C), b);
+  c = FMA(LD(r2 + 2 * C), LD(w + 8 * C), c);
   return _mm256_add_ps(_mm256_add_ps(a, b), c);
 }
 
-/* y[n, oh, ow] = sum_{kh,kw} w[kh,kw] * x[n, oh*s + kh - 1, ow*s + kw - 1]; with flip (stride 1 only) the taps
-   are reversed, which makes this the input gradient of a stride-1 layer (x = dL/dy). */
+/* y[n, oh, ow] = sum_{kh,kw} w[kh,kw] * x[n, oh*s + kh - 1, ow*s + kw - 1] */
 static int conv(const float *x, const float *w, float *y, int64_t N, int64_t H, int64_t W, int64_t C, int64_t OH,
-                int64_t OW, int s, int flip) {
+                int64_t OW, int s) {
   float *zero = (float *)calloc((size_t)W * C, sizeof(float));
   if (!zero) return 1;
 #pragma omp parallel for schedule(static)
@@ -75,11 +60,11 @@ static int conv(const float *x, const float *w, float *y, int64_t N, int64_t H, 
       float *o = yr + ow * C;
       if (col >= 0 && col + 2 < W) {
         const float *r0 = r[0] + col * C, *r1 = r[1] + col * C, *r2 = r[2] + col * C;
-        for (int64_t c = 0; c < C; c += 8) _mm256_storeu_ps(o + c, window_full(r0 + c, r1 + c, r2 + c, C, w + c, flip));
+        for (int64_t c = 0; c < C; c += 8) _mm256_storeu_ps(o + c, window_full(r0 + c, r1 + c, r2 + c, C, w + c));
       } else {
         for (int64_t c = 0; c < C; c += 8) {
           const float *rc[3] = {r[0] + c, r[1] + c, r[2] + c};
-          _mm256_storeu_ps(o + c, window(rc, col, W, C, w + c, flip));
+          _mm256_storeu_ps(o + c, window(rc, col, W, C, w + c));
         }
       }
     }
@@ -91,7 +76,7 @@ static int conv(const float *x, const float *w, float *y, int64_t N, int64_t H, 
 /* The exported functions return 0, or 1 when memory for their scratch buffers could not be had. */
 int dw3x3_forward(const float *x, const float *w, float *y, int64_t N, int64_t H, int64_t W, int64_t C, int64_t OH,
                    int64_t OW, int s) {
-  return conv(x, w, y, N, H, W, C, OH, OW, s, 0);
+  return conv(x, w, y, N, H, W, C, OH, OW, s);
 }
 
 /* dL/dx. Stride 1: the forward with reversed taps. Stride 2: input (ih, iw) gets the taps with
@@ -99,7 +84,12 @@ int dw3x3_forward(const float *x, const float *w, float *y, int64_t N, int64_t H
 int dw3x3_grad_input(const float *gy, const float *w, float *gx, int64_t N, int64_t H, int64_t W, int64_t C,
                       int64_t OH, int64_t OW, int s) {
   if (s == 1) {
-    return conv(gy, w, gx, N, OH, OW, C, H, W, 1, 1);
+    float *reversed = (float *)malloc(sizeof(float) * 9 * C);
+    if (!reversed) return 1;
+    for (int k = 0; k < 9; k++) memcpy(reversed + k * C, w + (8 - k) * C, sizeof(float) * C);
+    int err = conv(gy, reversed, gx, N, OH, OW, C, H, W, 1);
+    free(reversed);
+    return err;
   }
   float *zero = (float *)calloc((size_t)OW * C, sizeof(float));
   if (!zero) return 1;
