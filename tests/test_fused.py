@@ -152,6 +152,75 @@ def test_depthwise_matches_conv2d(stride, size, channels):
 
 
 @needs_kernel
+@pytest.mark.parametrize("sums_in_place", [False, True])
+@pytest.mark.parametrize(
+    ("stride", "size", "channels"), [(1, (9, 9), 8), (2, (9, 9), 16), (2, (8, 11), 24), (1, (1, 2), 8)]
+)
+def test_batch_norm_relu_read_by_the_depthwise_kernel(monkeypatch, sums_in_place, stride, size, channels):
+    """``conv(relu(bn(x)))`` with the BN + ReLU map never stored: output, the four gradients and the running
+    statistics against float64, at most twice PyTorch's float32 error; the batch norm's gradient sums taken
+    inside the depthwise kernel (large maps) and in a pass of their own (maps the caches hold)."""
+    monkeypatch.setattr(fused, "SUMS_IN_PLACE_BYTES", -1 if sums_in_place else 1 << 62)
+    torch.manual_seed(3)
+    x = (torch.randn(3, channels, *size) * 2 + 0.3).contiguous(memory_format=torch.channels_last).requires_grad_()
+    ref_bn, bn = _pair(channels)
+    conv = nn.Conv2d(channels, channels, 3, stride, 1, groups=channels, bias=False)
+    bn64, conv64 = copy.deepcopy(ref_bn).double(), copy.deepcopy(conv).double()
+    x64 = x.detach().double().requires_grad_()
+    assert fused.applies(bn, x) and fused.depthwise_applies(conv, x)
+    exact, ref = conv64(F.relu(bn64(x64))), conv(F.relu(ref_bn(x)))
+    out = fused.batch_norm_relu_depthwise(bn, conv, x)
+    assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(ref)
+    names = ("output", "grad input", "grad bn weight", "grad bn bias", "grad conv weight")
+    got = (out, *torch.autograd.grad(out, (x, bn.weight, bn.bias, conv.weight), grad))
+    pytorch = (ref, *torch.autograd.grad(ref, (x, ref_bn.weight, ref_bn.bias, conv.weight), grad))
+    exacts = (exact, *torch.autograd.grad(exact, (x64, bn64.weight, bn64.bias, conv64.weight), grad.double()))
+    for name, g, p, e in zip(names, got, pytorch, exacts):
+        floor = 1e-6 * e.abs().max().item()
+        assert _error(g, e) <= 2 * _error(p, e) + floor, (name, _error(g, e), _error(p, e))
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        a, r, e = getattr(bn, name), getattr(ref_bn, name), getattr(bn64, name)
+        assert _error(a, e.double()) <= 2 * _error(r, e.double()) + 1e-7, name
+
+
+@needs_kernel
+def test_model_hands_batch_norm_to_depthwise_only_where_it_may():
+    """The pairing in ``fused.sequential``: every depthwise layer of a training model takes the previous block's
+    BN + ReLU; evaluation, hooks on the block sequence or on a block, and unmarked models keep the plain path."""
+    model = create_model("mobilenet_v1_025_224", num_classes=10).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    real, pairs = fused.BatchNormReLUDepthwise.apply, []
+
+    def count(*args):
+        pairs.append(args)
+        return real(*args)
+
+    def pairs_in(m) -> int:
+        pairs.clear()
+        m(x)
+        return len(pairs)
+
+    fused.BatchNormReLUDepthwise.apply = count
+    try:
+        assert pairs_in(model.train()) == 0  # not marked
+        fused.enable(model)
+        assert pairs_in(model.train()) == 13
+        assert pairs_in(model.eval()) == 0
+        handle = model.features.register_forward_hook(lambda *a: None)
+        assert pairs_in(model.train()) == 0
+        handle.remove()
+        handle = model.features.Conv2d_3_pointwise.register_forward_hook(lambda *a: None)  # feeds Conv2d_4_depthwise
+        assert pairs_in(model) == 12
+        handle.remove()
+        handle = model.features.Conv2d_4_depthwise.conv.register_forward_pre_hook(lambda *a: None)
+        assert pairs_in(model) == 12
+        handle.remove()
+    finally:
+        fused.BatchNormReLUDepthwise.apply = real
+
+
+@needs_kernel
 def test_depthwise_first_layer_without_input_gradient():
     """A depthwise layer fed by data (no input gradient wanted) still gets its weight gradient."""
     x = torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last)
@@ -238,10 +307,12 @@ def test_a_training_step_matches_the_unfused_model(monkeypatch):
     model = copy.deepcopy(ref)
     assert fused.enable(model) == 27
     assert fused.enable(ref, on=False) == 0
-    calls, dw_calls = [], []
-    real_bn, real_dw = fused.batch_norm_relu, fused.depthwise
+    calls, dw_calls, pair_calls = [], [], []
+    real_bn, real_dw, real_pair = fused.batch_norm_relu, fused.depthwise, fused.batch_norm_relu_depthwise
     monkeypatch.setattr(fused, "batch_norm_relu", lambda bn, x: calls.append(bn) or real_bn(bn, x))
     monkeypatch.setattr(fused, "depthwise", lambda conv, x: dw_calls.append(conv) or real_dw(conv, x))
+    pair = lambda bn, conv, x: pair_calls.append((bn, conv)) or real_pair(bn, conv, x)  # noqa: E731
+    monkeypatch.setattr(fused, "batch_norm_relu_depthwise", pair)
     x = torch.randn(8, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (8,))
     exact = copy.deepcopy(ref).double()
@@ -250,10 +321,15 @@ def test_a_training_step_matches_the_unfused_model(monkeypatch):
         loss = F.cross_entropy(m(inputs), y)
         loss.backward()
         losses.append(loss.item())
-    # every block of `model` took the BN + ReLU kernel, every depthwise layer the depthwise one; `ref` neither
+    # every depthwise layer of `model` read the previous block's BN + ReLU in place of its output map; every other
+    # block's BN + ReLU took the BN + ReLU kernel; `ref` took neither
     blocks = [m for m in model.modules() if isinstance(m, ConvBNAct)]
-    assert [id(b) for b in calls] == [id(m.bn) for m in blocks]
-    assert [id(c) for c in dw_calls] == [id(m.conv) for m in blocks if m.conv.groups > 1] and len(dw_calls) == 13
+    before_dw = [prev for prev, m in zip(blocks, blocks[1:]) if m.conv.groups > 1]
+    assert [(id(b), id(c)) for b, c in pair_calls] == [
+        (id(p.bn), id(m.conv)) for p, m in zip(blocks, blocks[1:]) if m.conv.groups > 1
+    ]
+    assert len(pair_calls) == 13 and not dw_calls
+    assert [id(b) for b in calls] == [id(m.bn) for m in blocks if m not in before_dw]
     assert losses[1] == pytest.approx(losses[2], rel=1e-5)
     # against the float64 model: per tensor within 5× PyTorch's float32 error (or 1e-3 of the tensor's scale);
     # over all tensors, at least as close as PyTorch's (measured: the kernel's error is 0.4× PyTorch's, median)

@@ -6,12 +6,16 @@ their Mult-Adds (BENCHMARKS.md, "where the step's time goes"). Two kernels:
 
 - ``csrc/bn_relu.c``: batch norm with batch statistics fused with ReLU, two passes forward and two backward, on
   float32 maps or the bfloat16 ones convolutions give under bf16 autocast;
-- ``csrc/depthwise.c``: the 3×3 depthwise convolution (padding 1, stride 1 or 2) and both its gradients, float32.
+- ``csrc/depthwise.c``: the 3×3 depthwise convolution (padding 1, stride 1 or 2) and both its gradients, float32;
+  it can also read the previous block's batch norm + ReLU in place of that block's output map, computing it row by
+  row as it reads (and that batch norm's gradient sums as it writes dL/da), so the map is never stored.
 
 :func:`enable` marks a model's ``ConvBNAct`` blocks; in training mode each then uses a kernel where it applies —
 a channels-last CPU tensor with a multiple of 8 channels; a plain ``nn.BatchNorm2d`` tracking running statistics
 followed by ReLU; an ``nn.Conv2d`` of that depthwise shape outside autocast — and PyTorch's own operators
 everywhere else (evaluation, GPUs, SyncBatchNorm, TF 'SAME' padding, hooked modules, ``torch.compile``).
+:func:`sequential` (the model's training forward) hands each marked block's batch norm + ReLU to the depthwise
+block after it (:class:`BatchNormReLUDepthwise`): one map fewer written and read per pair, and kept for backward.
 Results match PyTorch's to float rounding (``tests/test_fused.py``: against float64 references, about as close
 as PyTorch's own float32 and bf16 operators).
 
@@ -42,16 +46,18 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("bn_relu.c", "depthwise.c")
 STREAM_BYTES = 8 << 20  # maps above this are written with streaming stores (they leave the caches anyway)
+SUMS_IN_PLACE_BYTES = 32 << 20  # maps above this get batch-norm gradient sums inside the depthwise kernel
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-_DEPTHWISE = [_P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _INT]  # in, taps, out, N, H, W, C, OH, OW, stride
+_SHAPE = [_I64, _I64, _I64, _I64, _I64, _I64, _INT]  # N, H, W, C, OH, OW, stride
+_BN = [_P, _P, _P]  # mean, a, b of a batch norm + ReLU read in place of its output (NULL: none)
 _SIGNATURES = {  # the C functions' arguments (csrc/*.c)
     "bn_relu_stats": [_P, _I64, _I64, _P, _P, _P, _INT],
     "bn_relu_apply": [_P, _P, _I64, _I64, _P, _P, _P, _INT, _INT],
     "bn_relu_grad_sums": [_P, _P, _I64, _I64, _P, _P, _P, _P, _P, _INT],
     "bn_relu_grad_apply": [_P, _P, _P, _I64, _I64, _P, _P, _P, _P, _P, _P, _INT, _INT],
-    "dw3x3_forward": _DEPTHWISE,
-    "dw3x3_grad_input": _DEPTHWISE,
-    "dw3x3_grad_weight": _DEPTHWISE,
+    "dw3x3_forward": [_P, *_BN, _P, _P, *_SHAPE],  # x, BN, taps, y
+    "dw3x3_grad_input": [_P, _P, _P, *_SHAPE, _P, *_BN, _P, _P],  # gy, taps, gx, shape, x, BN, its sums
+    "dw3x3_grad_weight": [_P, _P, *_BN, _P, *_SHAPE],  # gy, x, BN, gw
 }
 
 
@@ -112,13 +118,53 @@ def load() -> ctypes.CDLL | None:
     return lib
 
 
-def _ptr(t: torch.Tensor) -> int:
-    return t.data_ptr()
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
 
 
 def _call(fn, *args) -> None:
     if fn(*args) != 0:
         raise MemoryError(f"{fn.__name__}: no memory for the kernel's scratch buffers")
+
+
+def _bn_forward(lib, x, weight, bias, running_mean, running_var, momentum: float, eps: float):
+    """Batch statistics of x (updating the running ones as ``F.batch_norm`` does) and the float32 scale/shift
+    (mean32, a, b) of y = max((x - mean32)·a + b, 0); returns (mean, mean32, invstd, a, b)."""
+    n, c, h, w = x.shape
+    m = n * h * w
+    s1 = torch.empty(c, dtype=torch.float64)
+    s2 = torch.empty(c, dtype=torch.float64)
+    shift = x[0, :, 0, 0].float().contiguous()  # the kernel sums x - shift (against cancellation)
+    _call(lib.bn_relu_stats, _ptr(x), m, c, _ptr(shift), _ptr(s1), _ptr(s2), int(x.dtype == torch.bfloat16))
+    d = s1 / m
+    mean = shift.double() + d
+    var = (s2 / m - d * d).clamp_min(0)
+    invstd = (var + eps).rsqrt()
+    with torch.no_grad():  # as F.batch_norm: unbiased variance into the running estimate
+        running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+        running_var.lerp_((var * (m / max(m - 1, 1))).to(running_var.dtype), momentum)
+    # the backward pass re-derives the ReLU mask from the same float32 values
+    a = (weight.detach().double() * invstd).float()
+    return mean, mean.float(), invstd, a, bias.detach().float().contiguous()
+
+
+def _bn_backward(lib, g, x, weight, mean, mean32, invstd, a, b, sg, sgx):
+    """dL/dx, dL/dγ, dL/dβ of y = relu(batch_norm(x)) from g = dL/dy (masked or not) and the gradient sums
+    sg = Σ m·g, sgx = Σ m·g·(x - mean32) (m: the ReLU mask)."""
+    n, c, h, w = x.shape
+    m = n * h * w
+    # x̂ = (x - mean)·invstd. dL/dx = γ·invstd·(g - Σg/m - x̂·Σ(g·x̂)/m) = p·g + q·(x - mean32) + r
+    grad_weight = invstd * (sgx + (mean32 - mean) * sg)  # Σ g·x̂, with the float32 mean's rounding taken out
+    p = weight.detach().double() * invstd
+    q = -p * invstd * grad_weight / m
+    r = -p * sg / m
+    p, q, r = p.float(), q.float(), r.float()
+    gx = torch.empty_like(x, memory_format=torch.channels_last)
+    big = int(x.nbytes > STREAM_BYTES)
+    bf16 = int(x.dtype == torch.bfloat16)
+    args = (_ptr(g), _ptr(x), _ptr(gx), m, c, _ptr(mean32), _ptr(a), _ptr(b), _ptr(p), _ptr(q), _ptr(r), big, bf16)
+    _call(lib.bn_relu_grad_apply, *args)
+    return gx, grad_weight.to(weight.dtype), sg.to(weight.dtype)
 
 
 class BatchNormReLU(torch.autograd.Function):
@@ -127,27 +173,11 @@ class BatchNormReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum: float, eps: float):
         lib = load()
+        mean, mean32, invstd, a, b = _bn_forward(lib, x, weight, bias, running_mean, running_var, momentum, eps)
         n, c, h, w = x.shape
-        m = n * h * w
-        bf16 = int(x.dtype == torch.bfloat16)  # read and written as bfloat16, computed in float32
-        s1 = torch.empty(c, dtype=torch.float64)
-        s2 = torch.empty(c, dtype=torch.float64)
-        shift = x[0, :, 0, 0].float().contiguous()  # the kernel sums x - shift (against cancellation)
-        _call(lib.bn_relu_stats, _ptr(x), m, c, _ptr(shift), _ptr(s1), _ptr(s2), bf16)
-        d = s1 / m
-        mean = shift.double() + d
-        var = (s2 / m - d * d).clamp_min(0)
-        invstd = (var + eps).rsqrt()
-        with torch.no_grad():  # as F.batch_norm: unbiased variance into the running estimate
-            running_mean.lerp_(mean.to(running_mean.dtype), momentum)
-            running_var.lerp_((var * (m / max(m - 1, 1))).to(running_var.dtype), momentum)
-        # y = max((x - mean)·a + b, 0); the backward pass re-derives the ReLU mask from the same float32 values
-        mean32 = mean.float()
-        a = (weight.detach().double() * invstd).float()
-        b = bias.detach().float().contiguous()
         y = torch.empty_like(x, memory_format=torch.channels_last)
-        big = int(x.nbytes > STREAM_BYTES)
-        _call(lib.bn_relu_apply, _ptr(x), _ptr(y), m, c, _ptr(mean32), _ptr(a), _ptr(b), big, bf16)
+        big, bf16 = int(x.nbytes > STREAM_BYTES), int(x.dtype == torch.bfloat16)  # bf16: computed in float32
+        _call(lib.bn_relu_apply, _ptr(x), _ptr(y), n * h * w, c, _ptr(mean32), _ptr(a), _ptr(b), big, bf16)
         ctx.save_for_backward(x, weight, mean, mean32, invstd, a, b)
         return y
 
@@ -158,37 +188,12 @@ class BatchNormReLU(torch.autograd.Function):
         x, weight, mean, mean32, invstd, a, b = ctx.saved_tensors
         gy = gy.to(x.dtype).contiguous(memory_format=torch.channels_last)
         n, c, h, w = x.shape
-        m = n * h * w
-        bf16 = int(x.dtype == torch.bfloat16)
         sg = torch.empty(c, dtype=torch.float64)
         sgx = torch.empty(c, dtype=torch.float64)
-        _call(lib.bn_relu_grad_sums, _ptr(gy), _ptr(x), m, c, _ptr(mean32), _ptr(a), _ptr(b), _ptr(sg), _ptr(sgx), bf16)
-        # g = dL/dy masked by the ReLU, d = x - mean32; sg = Σ g, sgx = Σ g·d; x̂ = (x - mean)·invstd.
-        # dL/dx = γ·invstd·(g - Σg/m - x̂·Σ(g·x̂)/m) = p·g + q·d + r
-        grad_weight = invstd * (sgx + (mean32 - mean) * sg)  # Σ g·x̂, with the float32 mean's rounding taken out
-        p = weight.detach().double() * invstd
-        q = -p * invstd * grad_weight / m
-        r = -p * sg / m
-        p, q, r = p.float(), q.float(), r.float()
-        gx = torch.empty_like(x, memory_format=torch.channels_last)
-        big = int(x.nbytes > STREAM_BYTES)
-        _call(
-            lib.bn_relu_grad_apply,
-            _ptr(gy),
-            _ptr(x),
-            _ptr(gx),
-            m,
-            c,
-            _ptr(mean32),
-            _ptr(a),
-            _ptr(b),
-            _ptr(p),
-            _ptr(q),
-            _ptr(r),
-            big,
-            bf16,
-        )
-        return gx, grad_weight.to(weight.dtype), sg.to(weight.dtype), None, None, None, None
+        bf16 = int(x.dtype == torch.bfloat16)
+        args = (_ptr(gy), _ptr(x), n * h * w, c, _ptr(mean32), _ptr(a), _ptr(b), _ptr(sg), _ptr(sgx), bf16)
+        _call(lib.bn_relu_grad_sums, *args)
+        return *_bn_backward(lib, gy, x, weight, mean, mean32, invstd, a, b, sg, sgx), None, None, None, None
 
 
 def _fast_input(x: torch.Tensor, dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> bool:
@@ -234,17 +239,39 @@ def depthwise_applies(conv: nn.Module, x: torch.Tensor) -> bool:
     )
 
 
+def _depthwise_forward(lib, x, weight, stride: int, bn=(None, None, None)):
+    """3×3 depthwise convolution of x (or, bn = (mean32, a, b), of max((x - mean32)·a + b, 0)); returns (y, taps)"""
+    n, c, h, w = x.shape
+    oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
+    taps = weight.detach().reshape(c, 9).t().contiguous()  # [9, C]: a tap's channels are contiguous
+    y = torch.empty(n, c, oh, ow, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    _call(lib.dw3x3_forward, _ptr(x), *map(_ptr, bn), _ptr(taps), _ptr(y), n, h, w, c, oh, ow, stride)
+    return y, taps
+
+
+def _depthwise_grad_weight(lib, gy, x, taps, stride: int, bn=(None, None, None)):
+    n, c, h, w = x.shape
+    sums = torch.empty(9, c, dtype=torch.float64)
+    args = (_ptr(gy), _ptr(x), *map(_ptr, bn), _ptr(sums), n, h, w, c, *gy.shape[2:], stride)
+    _call(lib.dw3x3_grad_weight, *args)
+    return sums.t().reshape(c, 1, 3, 3).to(taps.dtype)
+
+
+def _depthwise_grad_input(lib, gy, x, taps, stride: int, bn=(None, None, None), sums=(None, None)):
+    """dL/dx (with bn: dL/da of the batch norm + ReLU a of x, and that batch norm's gradient sums into sums)"""
+    n, c, h, w = x.shape
+    gx = torch.empty_like(x, memory_format=torch.channels_last)
+    shape = (n, h, w, c, *gy.shape[2:], stride)
+    _call(lib.dw3x3_grad_input, _ptr(gy), _ptr(taps), _ptr(gx), *shape, _ptr(x), *map(_ptr, bn), *map(_ptr, sums))
+    return gx
+
+
 class DepthwiseConv3x3(torch.autograd.Function):
     """``F.conv2d(x, weight, stride=stride, padding=1, groups=C)`` for 3×3 depthwise weights [C, 1, 3, 3]."""
 
     @staticmethod
     def forward(ctx, x, weight, stride: int):
-        lib = load()
-        n, c, h, w = x.shape
-        oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
-        taps = weight.detach().reshape(c, 9).t().contiguous()  # [9, C]: a tap's channels are contiguous
-        y = torch.empty(n, c, oh, ow, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-        _call(lib.dw3x3_forward, _ptr(x), _ptr(taps), _ptr(y), n, h, w, c, oh, ow, stride)
+        y, taps = _depthwise_forward(load(), x, weight, stride)
         ctx.save_for_backward(x, taps)
         ctx.stride = stride
         return y
@@ -255,23 +282,53 @@ class DepthwiseConv3x3(torch.autograd.Function):
         lib = load()
         x, taps = ctx.saved_tensors
         gy = gy.contiguous(memory_format=torch.channels_last)
-        n, c, h, w = x.shape
-        oh, ow = gy.shape[2:]
-        gx = None
-        if ctx.needs_input_grad[0]:
-            gx = torch.empty_like(x, memory_format=torch.channels_last)
-            _call(lib.dw3x3_grad_input, _ptr(gy), _ptr(taps), _ptr(gx), n, h, w, c, oh, ow, ctx.stride)
-        gw = None
-        if ctx.needs_input_grad[1]:
-            sums = torch.empty(9, c, dtype=torch.float64)
-            _call(lib.dw3x3_grad_weight, _ptr(gy), _ptr(x), _ptr(sums), n, h, w, c, oh, ow, ctx.stride)
-            gw = sums.t().reshape(c, 1, 3, 3).to(taps.dtype)
+        gx = _depthwise_grad_input(lib, gy, x, taps, ctx.stride) if ctx.needs_input_grad[0] else None
+        gw = _depthwise_grad_weight(lib, gy, x, taps, ctx.stride) if ctx.needs_input_grad[1] else None
         return gx, gw, None
 
 
-def batch_norm_relu(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+class BatchNormReLUDepthwise(torch.autograd.Function):
+    """``depthwise(relu(batch_norm(x)))``: one block's batch norm + ReLU read by the next block's depthwise
+    convolution as it reads its input, so that the map between them is never stored (forward or backward)."""
+
+    @staticmethod
+    def forward(
+        ctx, x, bn_weight, bn_bias, running_mean, running_var, momentum: float, eps: float, weight, stride: int
+    ):
+        lib = load()
+        mean, mean32, invstd, a, b = _bn_forward(lib, x, bn_weight, bn_bias, running_mean, running_var, momentum, eps)
+        y, taps = _depthwise_forward(lib, x, weight, stride, (mean32, a, b))
+        ctx.save_for_backward(x, bn_weight, mean, mean32, invstd, a, b, taps)
+        ctx.stride = stride
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy):
+        lib = load()
+        x, bn_weight, mean, mean32, invstd, a, b, taps = ctx.saved_tensors
+        gy = gy.contiguous(memory_format=torch.channels_last)
+        bn = (mean32, a, b)
+        gw = _depthwise_grad_weight(lib, gy, x, taps, ctx.stride, bn) if ctx.needs_input_grad[7] else None
+        n, c, h, w = x.shape
+        sums = torch.empty(2, c, dtype=torch.float64)
+        if x.nbytes > SUMS_IN_PLACE_BYTES:  # the batch norm's gradient sums from each row of dL/da as it is written
+            ga = _depthwise_grad_input(lib, gy, x, taps, ctx.stride, bn, (sums[0], sums[1]))
+        else:  # a map the caches hold: a separate pass is faster
+            ga = _depthwise_grad_input(lib, gy, x, taps, ctx.stride)
+            args = (_ptr(ga), _ptr(x), n * h * w, c, _ptr(mean32), _ptr(a), _ptr(b), _ptr(sums[0]), _ptr(sums[1]), 0)
+            _call(lib.bn_relu_grad_sums, *args)
+        gx, g_bn_weight, g_bn_bias = _bn_backward(lib, ga, x, bn_weight, mean, mean32, invstd, a, b, sums[0], sums[1])
+        return gx, g_bn_weight, g_bn_bias, None, None, None, None, gw, None
+
+
+def _count_batch(bn: nn.BatchNorm2d) -> None:
     if bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
+
+
+def batch_norm_relu(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    _count_batch(bn)
     return BatchNormReLU.apply(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.momentum, bn.eps)
 
 
@@ -279,19 +336,65 @@ def depthwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return DepthwiseConv3x3.apply(x, conv.weight, conv.stride[0])
 
 
+def batch_norm_relu_depthwise(bn: nn.BatchNorm2d, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(relu(bn(x)))`` without storing ``relu(bn(x))``"""
+    _count_batch(bn)
+    args = (x, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.momentum, bn.eps, conv.weight, conv.stride[0])
+    return BatchNormReLUDepthwise.apply(*args)
+
+
 def _hooked(module: nn.Module) -> bool:  # a kernel would bypass its hooks (pruning masks, profilers, ...)
     return bool(module._forward_hooks or module._forward_pre_hooks)
 
 
+def _conv(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if depthwise_applies(block.conv, x) and not _hooked(block.conv):
+        return depthwise(block.conv, x)
+    return block.conv(x)
+
+
+def _bn_relu_fusable(block: nn.Module, y: torch.Tensor) -> bool:
+    return isinstance(block.act, nn.ReLU) and applies(block.bn, y) and not (_hooked(block.bn) or _hooked(block.act))
+
+
+def _bn_act(block: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    return batch_norm_relu(block.bn, y) if _bn_relu_fusable(block, y) else block.act(block.bn(y))
+
+
 def conv_bn_act(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A ``ConvBNAct`` block's training forward, each part on a kernel where one applies."""
-    if depthwise_applies(block.conv, x) and not _hooked(block.conv):
-        x = depthwise(block.conv, x)
-    else:
-        x = block.conv(x)
-    if isinstance(block.act, nn.ReLU) and applies(block.bn, x) and not (_hooked(block.bn) or _hooked(block.act)):
-        return batch_norm_relu(block.bn, x)
-    return block.act(block.bn(x))
+    return _bn_act(block, _conv(block, x))
+
+
+def _fused_block(m: nn.Module | None) -> bool:
+    from .layers import ConvBNAct
+
+    return isinstance(m, ConvBNAct) and m.fused_training and m.training and not _hooked(m)
+
+
+def sequential(blocks: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``blocks(x)``, except that in training a kernel-enabled ``ConvBNAct`` followed by a depthwise one hands its
+    batch norm + ReLU to that block's depthwise kernel, which reads it in place of the map it would have stored."""
+    mods = list(blocks)
+    if _hooked(blocks) or not any(map(_fused_block, mods)):
+        return blocks(x)
+    i = 0
+    while i < len(mods):
+        block, nxt = mods[i], mods[i + 1] if i + 1 < len(mods) else None
+        if not _fused_block(block):
+            x, i = block(x), i + 1
+            continue
+        y = _conv(block, x)
+        if (
+            _fused_block(nxt)
+            and _bn_relu_fusable(block, y)
+            and depthwise_applies(nxt.conv, y)
+            and not _hooked(nxt.conv)
+        ):
+            x, i = _bn_act(nxt, batch_norm_relu_depthwise(block.bn, nxt.conv, y)), i + 2
+            continue
+        x, i = _bn_act(block, y), i + 1
+    return x
 
 
 def enable(model: nn.Module, on: bool = True) -> int:

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from . import spec
+from . import fused, spec
 from .layers import ACTIVATIONS, PADDINGS, ConvBNAct
 
 
@@ -168,7 +168,7 @@ class MobileNetV1(nn.Module):
         """The last feature map, or (``features_only``) the list of maps at the selected strides."""
         self._check_input(x)
         if not self.features_only:
-            return self.features(x)
+            return fused.sequential(self.features, x) if self.training else self.features(x)
         maps = []
         for name, module in self.features.named_children():
             x = module(x)

@@ -110,6 +110,28 @@ static int channel_sums(const void *x, const void *g, const float *k, const floa
   return 0;
 }
 
+/* One row of n pixels for the depthwise kernels (depthwise.c), which read a block's batch norm + ReLU in place of
+   its output map: out = max((x - mean)*a + b, 0), float32, the values bn_relu_apply writes. */
+void bn_relu_row(const float *x, float *out, int64_t n, int64_t C, const float *mean, const float *a, const float *b) {
+  for (int64_t i = 0; i < n * C; i += C)
+    for (int64_t c = 0; c < C; c += 8) {
+      __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i + c), _mm256_loadu_ps(mean + c));
+      _mm256_storeu_ps(out + i + c, _mm256_max_ps(_mm256_setzero_ps(), pre_relu(d, a, b, c)));
+    }
+}
+
+/* ... and the gradient sums of one row, in float: s1[c] += m*g, s2[c] += m*g*(x - mean) (see channel_sums) */
+void bn_relu_row_grad_sums(const float *g, const float *x, int64_t n, int64_t C, const float *mean, const float *a,
+                           const float *b, float *s1, float *s2) {
+  for (int64_t i = 0; i < n * C; i += C)
+    for (int64_t c = 0; c < C; c += 8) {
+      __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i + c), _mm256_loadu_ps(mean + c));
+      __m256 u = relu_masked(pre_relu(d, a, b, c), _mm256_loadu_ps(g + i + c));
+      _mm256_storeu_ps(s1 + c, _mm256_add_ps(_mm256_loadu_ps(s1 + c), u));
+      _mm256_storeu_ps(s2 + c, _mm256_fmadd_ps(u, d, _mm256_loadu_ps(s2 + c)));
+    }
+}
+
 /* The exported functions return 0, or 1 when memory for their scratch buffers could not be had. */
 
 /* sum[c] = sum of (x - k[c]), sumsq[c] = sum of (x - k[c])^2; k: a shift, the first row in float32 */

@@ -41,130 +41,243 @@ static inline __m256 window_full(const float *r0, const float *r1, const float *
   return _mm256_add_ps(_mm256_add_ps(a, b), c);
 }
 
-/* y[n, oh, ow] = sum_{kh,kw} w[kh,kw] * x[n, oh*s + kh - 1, ow*s + kw - 1] */
-static int conv(const float *x, const float *w, float *y, int64_t N, int64_t H, int64_t W, int64_t C, int64_t OH,
-                int64_t OW, int s) {
-  float *zero = (float *)calloc((size_t)W * C, sizeof(float));
-  if (!zero) return 1;
-#pragma omp parallel for schedule(static)
-  for (int64_t row = 0; row < N * OH; row++) {
-    int64_t n = row / OH, oh = row % OH;
-    const float *r[3];
-    for (int kh = 0; kh < 3; kh++) {
-      int64_t ih = oh * s + kh - 1;
-      r[kh] = (ih >= 0 && ih < H) ? x + (n * H + ih) * W * C : zero;
+/* The previous block's batch norm + ReLU, read in place of its output map: a = max((x - mean)*a + b, 0) (bn_relu.c) */
+typedef struct {
+  const float *mean, *a, *b;
+} bn_t;
+
+void bn_relu_row(const float *x, float *out, int64_t n, int64_t C, const float *mean, const float *a, const float *b);
+void bn_relu_row_grad_sums(const float *g, const float *x, int64_t n, int64_t C, const float *mean, const float *a,
+                           const float *b, float *s1, float *s2);
+
+/* One thread's source of input rows: the map x itself, or (bn set) its batch norm + ReLU, computed a row at a time
+   into a ring of three rows (a 3x3 window of stride 1 or 2 never needs more) instead of read from a stored map. */
+typedef struct {
+  const float *x, *zero;
+  const bn_t *bn;
+  float *ring;
+  int64_t key[3], H, W, C;
+} rows_t;
+
+static rows_t rows_of(const float *x, const bn_t *bn, const float *zero, float *ring, int64_t H, int64_t W, int64_t C) {
+  rows_t r = {x, zero, bn, ring, {-1, -1, -1}, H, W, C};
+  return r;
+}
+
+static const float *row_at(rows_t *r, int64_t n, int64_t ih) {
+  if (ih < 0 || ih >= r->H) return r->zero;
+  const float *src = r->x + (n * r->H + ih) * r->W * r->C;
+  if (!r->bn) return src;
+  int slot = (int)(ih % 3);
+  float *dst = r->ring + slot * r->W * r->C;
+  if (r->key[slot] != n * r->H + ih) {
+    bn_relu_row(src, dst, r->W, r->C, r->bn->mean, r->bn->a, r->bn->b);
+    r->key[slot] = n * r->H + ih;
+  }
+  return dst;
+}
+
+/* Scratch for nt threads: a zero row, the row rings (bn set), the gradient sums' float rows and double totals
+   (sums set). One allocation; NULL when there is no memory. */
+typedef struct {
+  float *zero, *ring, *f;
+  double *part;
+  int nt;
+} scratch_t;
+
+static int scratch_get(scratch_t *sc, int64_t W, int64_t C, int rings, int sums) {
+  sc->nt = omp_get_max_threads();
+  sc->zero = (float *)calloc((size_t)W * C, sizeof(float));
+  sc->ring = rings ? (float *)malloc(sizeof(float) * 3 * W * C * sc->nt) : NULL;
+  sc->f = sums ? (float *)calloc((size_t)2 * C * sc->nt, sizeof(float)) : NULL;
+  sc->part = sums ? (double *)calloc((size_t)2 * C * sc->nt, sizeof(double)) : NULL;
+  return !sc->zero || (rings && !sc->ring) || (sums && (!sc->f || !sc->part));
+}
+
+static void scratch_free(scratch_t *sc) {
+  free(sc->zero);
+  free(sc->ring);
+  free(sc->f);
+  free(sc->part);
+}
+
+/* The gradient sums of the previous block's batch norm, from one finished row of dL/da (ga) and the same row of
+   its input x, added to thread t's totals (in float over the row, then in double) */
+static void sums_row(const scratch_t *sc, int t, const float *ga, const float *x, int64_t W, int64_t C, const bn_t *bn) {
+  float *f1 = sc->f + (size_t)t * 2 * C, *f2 = f1 + C;
+  double *p1 = sc->part + (size_t)t * 2 * C, *p2 = p1 + C;
+  memset(f1, 0, sizeof(float) * 2 * C);
+  bn_relu_row_grad_sums(ga, x, W, C, bn->mean, bn->a, bn->b, f1, f2);
+  for (int64_t c = 0; c < C; c++) {
+    p1[c] += f1[c];
+    p2[c] += f2[c];
+  }
+}
+
+static void sums_total(const scratch_t *sc, int64_t C, double *s1, double *s2) {
+  for (int64_t c = 0; c < C; c++) s1[c] = s2[c] = 0.0;
+  for (int t = 0; t < sc->nt; t++) /* fixed order: results do not depend on timing */
+    for (int64_t c = 0; c < C; c++) {
+      s1[c] += sc->part[(size_t)t * 2 * C + c];
+      s2[c] += sc->part[(size_t)t * 2 * C + C + c];
     }
-    float *yr = y + row * OW * C;
-    for (int64_t ow = 0; ow < OW; ow++) {
-      int64_t col = ow * s - 1;
-      float *o = yr + ow * C;
-      if (col >= 0 && col + 2 < W) {
-        const float *r0 = r[0] + col * C, *r1 = r[1] + col * C, *r2 = r[2] + col * C;
-        for (int64_t c = 0; c < C; c += 8) _mm256_storeu_ps(o + c, window_full(r0 + c, r1 + c, r2 + c, C, w + c));
-      } else {
-        for (int64_t c = 0; c < C; c += 8) {
-          const float *rc[3] = {r[0] + c, r[1] + c, r[2] + c};
-          _mm256_storeu_ps(o + c, window(rc, col, W, C, w + c));
+}
+
+/* Rows [first, last) of `rows` for thread t of T */
+#define THREAD_ROWS(rows)                                                   \
+  int t = omp_get_thread_num(), T = omp_get_num_threads();                  \
+  int64_t first = (rows) * t / T, last = (rows) * (t + 1) / T;
+
+/* y[n, oh, ow] = sum_{kh,kw} w[kh,kw] * in[n, oh*s + kh - 1, ow*s + kw - 1], in = x or (pro) its batch norm +
+   ReLU. With epi: each finished row of y is also added to the gradient sums of the batch norm whose input is ex
+   (y then being dL/da of that block, ex its input map, with y's shape). */
+static int conv(const float *x, const bn_t *pro, const float *w, float *y, int64_t N, int64_t H, int64_t W, int64_t C,
+                int64_t OH, int64_t OW, int s, const float *ex, const bn_t *epi, double *s1, double *s2) {
+  scratch_t sc;
+  if (scratch_get(&sc, W, C, pro != NULL, epi != NULL)) {
+    scratch_free(&sc);
+    return 1;
+  }
+#pragma omp parallel num_threads(sc.nt)
+  {
+    THREAD_ROWS(N * OH)
+    rows_t in = rows_of(x, pro, sc.zero, sc.ring ? sc.ring + (size_t)t * 3 * W * C : NULL, H, W, C);
+    for (int64_t row = first; row < last; row++) {
+      int64_t n = row / OH, oh = row % OH;
+      const float *r[3];
+      for (int kh = 0; kh < 3; kh++) r[kh] = row_at(&in, n, oh * s + kh - 1);
+      float *yr = y + row * OW * C;
+      for (int64_t ow = 0; ow < OW; ow++) {
+        int64_t col = ow * s - 1;
+        float *o = yr + ow * C;
+        if (col >= 0 && col + 2 < W) {
+          const float *r0 = r[0] + col * C, *r1 = r[1] + col * C, *r2 = r[2] + col * C;
+          for (int64_t c = 0; c < C; c += 8) _mm256_storeu_ps(o + c, window_full(r0 + c, r1 + c, r2 + c, C, w + c));
+        } else {
+          for (int64_t c = 0; c < C; c += 8) {
+            const float *rc[3] = {r[0] + c, r[1] + c, r[2] + c};
+            _mm256_storeu_ps(o + c, window(rc, col, W, C, w + c));
+          }
         }
       }
+      if (epi) sums_row(&sc, t, yr, ex + row * OW * C, OW, C, epi);
     }
   }
-  free(zero);
+  if (epi) sums_total(&sc, C, s1, s2);
+  scratch_free(&sc);
   return 0;
 }
 
-/* The exported functions return 0, or 1 when memory for their scratch buffers could not be had. */
-int dw3x3_forward(const float *x, const float *w, float *y, int64_t N, int64_t H, int64_t W, int64_t C, int64_t OH,
-                   int64_t OW, int s) {
-  return conv(x, w, y, N, H, W, C, OH, OW, s);
+/* The exported functions return 0, or 1 when memory for their scratch buffers could not be had. Where mean, a and
+   b are given (not NULL), the convolution's input is the previous block's batch norm + ReLU of x,
+   max((x - mean)*a + b, 0), computed as it is read (that map is never stored). */
+int dw3x3_forward(const float *x, const float *mean, const float *a, const float *b, const float *w, float *y,
+                  int64_t N, int64_t H, int64_t W, int64_t C, int64_t OH, int64_t OW, int s) {
+  bn_t bn = {mean, a, b};
+  return conv(x, mean ? &bn : NULL, w, y, N, H, W, C, OH, OW, s, NULL, NULL, NULL, NULL);
 }
 
-/* dL/dx. Stride 1: the forward with reversed taps. Stride 2: input (ih, iw) gets the taps with
-   ih = 2*oh + kh - 1, i.e. kh = 1 for even ih, kh in {0, 2} for odd ih (and the same for columns). */
+/* dL/d(input). Stride 1: the forward with reversed taps. Stride 2: input (ih, iw) gets the taps with
+   ih = 2*oh + kh - 1, i.e. kh = 1 for even ih, kh in {0, 2} for odd ih (and the same for columns).
+   With mean, a, b: gx is dL/da for a = the batch norm + ReLU of x, and sg, sgx get that batch norm's gradient sums
+   (bn_relu_grad_sums of gx and x) from each row as it is written. */
 int dw3x3_grad_input(const float *gy, const float *w, float *gx, int64_t N, int64_t H, int64_t W, int64_t C,
-                      int64_t OH, int64_t OW, int s) {
+                     int64_t OH, int64_t OW, int s, const float *x, const float *mean, const float *a, const float *b,
+                     double *sg, double *sgx) {
+  bn_t bn = {mean, a, b};
+  const bn_t *epi = mean ? &bn : NULL;
   if (s == 1) {
     float *reversed = (float *)malloc(sizeof(float) * 9 * C);
     if (!reversed) return 1;
     for (int k = 0; k < 9; k++) memcpy(reversed + k * C, w + (8 - k) * C, sizeof(float) * C);
-    int err = conv(gy, reversed, gx, N, OH, OW, C, H, W, 1);
+    int err = conv(gy, NULL, reversed, gx, N, OH, OW, C, H, W, 1, x, epi, sg, sgx);
     free(reversed);
     return err;
   }
-  float *zero = (float *)calloc((size_t)OW * C, sizeof(float));
-  if (!zero) return 1;
-#pragma omp parallel for schedule(static)
-  for (int64_t row = 0; row < N * H; row++) {
-    int64_t n = row / H, ih = row % H;
-    /* up to two (gy row, kh) pairs; a missing one reads the zero row */
-    const float *ra, *rb;
-    int ka, kb;
-    if (ih % 2 == 0) {
-      ra = gy + (n * OH + ih / 2) * OW * C, ka = 1;
-      rb = zero, kb = 1;
-    } else {
-      int64_t o0 = (ih + 1) / 2, o2 = (ih - 1) / 2; /* kh = 0 and kh = 2 */
-      ra = o0 < OH ? gy + (n * OH + o0) * OW * C : zero, ka = 0;
-      rb = gy + (n * OH + o2) * OW * C, kb = 2;
-    }
-    float *o = gx + row * W * C;
-    for (int64_t iw = 0; iw < W; iw++, o += C) {
-      if (iw % 2 == 0) { /* kw = 1, ow = iw/2 */
-        const float *pa = ra + (iw / 2) * C, *pb = rb + (iw / 2) * C;
-        const float *wa = w + (ka * 3 + 1) * C, *wb = w + (kb * 3 + 1) * C;
-        for (int64_t c = 0; c < C; c += 8)
-          _mm256_storeu_ps(o + c, FMA(LD(pa + c), LD(wa + c), _mm256_mul_ps(LD(pb + c), LD(wb + c))));
-      } else { /* kw = 0 at ow = (iw+1)/2 (may be past the end), kw = 2 at ow = (iw-1)/2 */
-        int64_t o0 = (iw + 1) / 2, o2 = (iw - 1) / 2;
-        const float *wa0 = w + ka * 3 * C, *wa2 = w + (ka * 3 + 2) * C;
-        const float *wb0 = w + kb * 3 * C, *wb2 = w + (kb * 3 + 2) * C;
-        if (o0 < OW) {
-          for (int64_t c = 0; c < C; c += 8) {
-            __m256 v = _mm256_mul_ps(LD(ra + o0 * C + c), LD(wa0 + c));
-            v = FMA(LD(ra + o2 * C + c), LD(wa2 + c), v);
-            v = FMA(LD(rb + o0 * C + c), LD(wb0 + c), v);
-            v = FMA(LD(rb + o2 * C + c), LD(wb2 + c), v);
-            _mm256_storeu_ps(o + c, v);
-          }
-        } else {
+  scratch_t sc;
+  if (scratch_get(&sc, OW, C, 0, epi != NULL)) {
+    scratch_free(&sc);
+    return 1;
+  }
+  const float *zero = sc.zero;
+#pragma omp parallel num_threads(sc.nt)
+  {
+    THREAD_ROWS(N * H)
+    for (int64_t row = first; row < last; row++) {
+      int64_t n = row / H, ih = row % H;
+      /* up to two (gy row, kh) pairs; a missing one reads the zero row */
+      const float *ra, *rb;
+      int ka, kb;
+      if (ih % 2 == 0) {
+        ra = gy + (n * OH + ih / 2) * OW * C, ka = 1;
+        rb = zero, kb = 1;
+      } else {
+        int64_t o0 = (ih + 1) / 2, o2 = (ih - 1) / 2; /* kh = 0 and kh = 2 */
+        ra = o0 < OH ? gy + (n * OH + o0) * OW * C : zero, ka = 0;
+        rb = gy + (n * OH + o2) * OW * C, kb = 2;
+      }
+      float *o = gx + row * W * C;
+      for (int64_t iw = 0; iw < W; iw++, o += C) {
+        if (iw % 2 == 0) { /* kw = 1, ow = iw/2 */
+          const float *pa = ra + (iw / 2) * C, *pb = rb + (iw / 2) * C;
+          const float *wa = w + (ka * 3 + 1) * C, *wb = w + (kb * 3 + 1) * C;
           for (int64_t c = 0; c < C; c += 8)
-            _mm256_storeu_ps(o + c, FMA(LD(ra + o2 * C + c), LD(wa2 + c), _mm256_mul_ps(LD(rb + o2 * C + c), LD(wb2 + c))));
+            _mm256_storeu_ps(o + c, FMA(LD(pa + c), LD(wa + c), _mm256_mul_ps(LD(pb + c), LD(wb + c))));
+        } else { /* kw = 0 at ow = (iw+1)/2 (may be past the end), kw = 2 at ow = (iw-1)/2 */
+          int64_t o0 = (iw + 1) / 2, o2 = (iw - 1) / 2;
+          const float *wa0 = w + ka * 3 * C, *wa2 = w + (ka * 3 + 2) * C;
+          const float *wb0 = w + kb * 3 * C, *wb2 = w + (kb * 3 + 2) * C;
+          if (o0 < OW) {
+            for (int64_t c = 0; c < C; c += 8) {
+              __m256 v = _mm256_mul_ps(LD(ra + o0 * C + c), LD(wa0 + c));
+              v = FMA(LD(ra + o2 * C + c), LD(wa2 + c), v);
+              v = FMA(LD(rb + o0 * C + c), LD(wb0 + c), v);
+              v = FMA(LD(rb + o2 * C + c), LD(wb2 + c), v);
+              _mm256_storeu_ps(o + c, v);
+            }
+          } else {
+            for (int64_t c = 0; c < C; c += 8)
+              _mm256_storeu_ps(o + c, FMA(LD(ra + o2 * C + c), LD(wa2 + c), _mm256_mul_ps(LD(rb + o2 * C + c), LD(wb2 + c))));
+          }
         }
       }
+      if (epi) sums_row(&sc, t, gx + row * W * C, x + row * W * C, W, C, epi);
     }
   }
-  free(zero);
+  if (epi) sums_total(&sc, C, sg, sgx);
+  scratch_free(&sc);
   return 0;
 }
 
 #define FLUSH_ROWS 16 /* output rows summed in float before they join the per-thread double totals */
 
-/* dL/dw[k][c] = sum over n, oh, ow of gy[n,oh,ow,c] * x[n, oh*s+kh-1, ow*s+kw-1, c]; per-thread double totals */
-int dw3x3_grad_weight(const float *gy, const float *x, double *gw, int64_t N, int64_t H, int64_t W, int64_t C,
-                      int64_t OH, int64_t OW, int s) {
+/* dL/dw[k][c] = sum over n, oh, ow of gy[n,oh,ow,c] * in[n, oh*s+kh-1, ow*s+kw-1, c]; per-thread double totals;
+   in = x or (mean, a, b given) its batch norm + ReLU */
+int dw3x3_grad_weight(const float *gy, const float *x, const float *mean, const float *a, const float *b,
+                      double *gw, int64_t N, int64_t H, int64_t W, int64_t C, int64_t OH, int64_t OW, int s) {
+  bn_t bn = {mean, a, b};
   int nt = omp_get_max_threads();
   double *part = (double *)calloc((size_t)nt * 9 * C, sizeof(double));
   float *zero = (float *)calloc((size_t)W * C, sizeof(float));
   float *sums = (float *)calloc((size_t)nt * 9 * C, sizeof(float));
-  if (!part || !zero || !sums) {
+  float *ring = mean ? (float *)malloc(sizeof(float) * 3 * W * C * nt) : NULL;
+  if (!part || !zero || !sums || (mean && !ring)) {
     free(part);
     free(zero);
     free(sums);
+    free(ring);
     return 1;
   }
 #pragma omp parallel num_threads(nt)
   {
-    int t = omp_get_thread_num(), T = omp_get_num_threads();
+    THREAD_ROWS(N * OH)
     double *p = part + (size_t)t * 9 * C;
     float *f = sums + (size_t)t * 9 * C; /* the current block of rows, in float */
-    int64_t rows = N * OH, first = rows * t / T, last = rows * (t + 1) / T;
+    rows_t in = rows_of(x, mean ? &bn : NULL, zero, ring ? ring + (size_t)t * 3 * W * C : NULL, H, W, C);
     for (int64_t row = first; row < last; row++) {
       int64_t n = row / OH, oh = row % OH;
       const float *r[3];
-      for (int kh = 0; kh < 3; kh++) {
-        int64_t ih = oh * s + kh - 1;
-        r[kh] = (ih >= 0 && ih < H) ? x + (n * H + ih) * W * C : zero;
-      }
+      for (int kh = 0; kh < 3; kh++) r[kh] = row_at(&in, n, oh * s + kh - 1);
       const float *g = gy + row * OW * C;
       for (int64_t c = 0; c < C; c += 8) {
         __m256 a[9];
@@ -212,5 +325,6 @@ int dw3x3_grad_weight(const float *gy, const float *x, double *gw, int64_t N, in
   free(zero);
   free(part);
   free(sums);
+  free(ring);
   return 0;
 }
