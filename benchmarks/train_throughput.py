@@ -35,8 +35,10 @@ CONFIGS = {
     "timm-bf16-cl-tuned": ("timm", True, True, False, True),
     # + the fused batch norm + ReLU kernel (fused.py): what `mobilenet-v1 train` runs on a CPU in fp32
     "ours-cl-tuned-fused": ("ours", True, False, False, True),
+    # the same kernels without handing a block's batch norm + ReLU to the next depthwise kernel (session 9's step)
+    "ours-cl-tuned-fused-unpaired": ("ours", True, False, False, True),
 }
-FUSED = {"ours-cl-tuned-fused"}
+FUSED = {"ours-cl-tuned-fused", "ours-cl-tuned-fused-unpaired"}
 
 
 def worker(name: str, size: int, batch: int, iters: int, warmup: int) -> dict:
@@ -61,6 +63,8 @@ def worker(name: str, size: int, batch: int, iters: int, warmup: int) -> dict:
             from mobilenet_v1 import fused
 
             assert fused.enable(model), "the fused kernel could not be built here"
+            if name.endswith("-unpaired"):
+                fused.sequential = lambda blocks, x: blocks(x)  # every block on its own, as before the pairing
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format).train()
     step_model = torch.compile(model) if compiled else model
