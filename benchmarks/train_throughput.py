@@ -86,7 +86,10 @@ def worker(name: str, size: int, batch: int, iters: int, warmup: int) -> dict:
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
-    return {"name": name, "size": size, "times": times}
+    import resource
+
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB; the worker's whole life
+    return {"name": name, "size": size, "times": times, "peak_rss_mb": peak_mb}
 
 
 def main() -> None:
@@ -109,6 +112,7 @@ def main() -> None:
 
     load_before = os.getloadavg()
     rounds: dict[tuple[str, int], list[float]] = {}
+    peaks: dict[tuple[str, int], list[float]] = {}
     for r in range(args.rounds):
         order = [(c, s) for s in args.sizes for c in args.configs]
         for name, size in order if r % 2 == 0 else order[::-1]:
@@ -127,8 +131,10 @@ def main() -> None:
                 str(args.warmup),
             ]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-            times = json.loads(out)["times"]
+            report = json.loads(out)
+            times = report["times"]
             rounds.setdefault((name, size), []).append(statistics.median(times))
+            peaks.setdefault((name, size), []).append(report["peak_rss_mb"])
             print(f"round {r + 1} {name} @{size}: {args.batch / statistics.median(times):.1f} img/s", flush=True)
     rows = []
     for (name, size), meds in rounds.items():
@@ -140,6 +146,7 @@ def main() -> None:
                 "median_step_s": med,
                 "images_per_s": args.batch / med,
                 "spread_images_per_s": [args.batch / max(meds), args.batch / min(meds)],
+                "peak_rss_mb": statistics.median(peaks[(name, size)]),
             }
         )
     result = {
@@ -183,15 +190,18 @@ def markdown(result: dict) -> str:
         f"timm {result['timm']}, batch {result['batch']}, {result['rounds']} rounds × {result['iters_per_round']} "
         f"steps, load {result['load_before'][0]:.2f} → {result['load_after'][0]:.2f}",
         "",
-        "| size | config | img/s (median) | spread | × timm best eager (untuned) |",
-        "|---:|---|---:|---|---:|",
+        "| size | config | img/s (median) | spread | × timm best eager (untuned) | peak RSS MB (median) |",
+        "|---:|---|---:|---|---:|---:|",
     ]
     untuned_timm = lambda r: CONFIGS[r["config"]][0] == "timm" and not CONFIGS[r["config"]][4]  # noqa: E731
-    return "\n".join(lines + ratio_lines(result["rows"], "size", untuned_timm, digits=1, descending=True)) + "\n"
+    peak = lambda r: f"{r['peak_rss_mb']:.0f}" if "peak_rss_mb" in r else "—"  # noqa: E731
+    table = ratio_lines(result["rows"], "size", untuned_timm, digits=1, descending=True, extra=peak)
+    return "\n".join(lines + table) + "\n"
 
 
-def ratio_lines(rows: list[dict], key: str, baseline, digits: int, descending: bool = False) -> list[str]:
-    """Markdown rows grouped by ``key``: images/s, spread, and the ratio to the group's best ``baseline`` row."""
+def ratio_lines(rows: list[dict], key: str, baseline, digits: int, descending: bool = False, extra=None) -> list[str]:
+    """Markdown rows grouped by ``key``: images/s, spread, the ratio to the group's best ``baseline`` row, and
+    ``extra(row)`` in one more column if given."""
     lines = []
     for value in sorted({r[key] for r in rows}, reverse=descending):
         group = [r for r in rows if r[key] == value]
@@ -200,7 +210,7 @@ def ratio_lines(rows: list[dict], key: str, baseline, digits: int, descending: b
             lo, hi = r["spread_images_per_s"]
             lines.append(
                 f"| {value} | {r['config']} | {r['images_per_s']:.{digits}f} | {lo:.{digits}f}–{hi:.{digits}f} | "
-                f"{r['images_per_s'] / best:.2f} |"
+                f"{r['images_per_s'] / best:.2f} |" + (f" {extra(r)} |" if extra else "")
             )
     return lines
 

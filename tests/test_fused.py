@@ -154,7 +154,7 @@ def test_depthwise_matches_conv2d(stride, size, channels):
 @needs_kernel
 @pytest.mark.parametrize("sums_in_place", [False, True])
 @pytest.mark.parametrize(
-    ("stride", "size", "channels"), [(1, (9, 9), 8), (2, (9, 9), 16), (2, (8, 11), 24), (1, (1, 2), 8)]
+    ("stride", "size", "channels"), [(1, (9, 9), 8), (2, (9, 9), 16), (2, (8, 11), 24), (1, (1, 2), 8), (2, (2, 4), 8)]
 )
 def test_batch_norm_relu_read_by_the_depthwise_kernel(monkeypatch, sums_in_place, stride, size, channels):
     """``conv(relu(bn(x)))`` with the BN + ReLU map never stored: output, the four gradients and the running
@@ -185,39 +185,39 @@ def test_batch_norm_relu_read_by_the_depthwise_kernel(monkeypatch, sums_in_place
 
 
 @needs_kernel
-def test_model_hands_batch_norm_to_depthwise_only_where_it_may():
+def test_model_hands_batch_norm_to_depthwise_only_where_it_may(monkeypatch):
     """The pairing in ``fused.sequential``: every depthwise layer of a training model takes the previous block's
-    BN + ReLU; evaluation, hooks on the block sequence or on a block, and unmarked models keep the plain path."""
+    BN + ReLU; evaluation, unmarked models and hooks (on the block sequence, a block, its BN, the depthwise conv,
+    backward hooks, global hooks) keep the plain path there."""
     model = create_model("mobilenet_v1_025_224", num_classes=10).to(memory_format=torch.channels_last)
     x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     real, pairs = fused.BatchNormReLUDepthwise.apply, []
-
-    def count(*args):
-        pairs.append(args)
-        return real(*args)
+    monkeypatch.setattr(fused.BatchNormReLUDepthwise, "apply", lambda *a: pairs.append(a) or real(*a))
 
     def pairs_in(m) -> int:
         pairs.clear()
-        m(x)
+        m(x).sum().backward()
         return len(pairs)
 
-    fused.BatchNormReLUDepthwise.apply = count
-    try:
-        assert pairs_in(model.train()) == 0  # not marked
-        fused.enable(model)
-        assert pairs_in(model.train()) == 13
-        assert pairs_in(model.eval()) == 0
-        handle = model.features.register_forward_hook(lambda *a: None)
-        assert pairs_in(model.train()) == 0
-        handle.remove()
-        handle = model.features.Conv2d_3_pointwise.register_forward_hook(lambda *a: None)  # feeds Conv2d_4_depthwise
-        assert pairs_in(model) == 12
-        handle.remove()
-        handle = model.features.Conv2d_4_depthwise.conv.register_forward_pre_hook(lambda *a: None)
-        assert pairs_in(model) == 12
-        handle.remove()
-    finally:
-        fused.BatchNormReLUDepthwise.apply = real
+    def with_hook(handle) -> int:
+        try:
+            return pairs_in(model)
+        finally:
+            handle.remove()
+
+    assert pairs_in(model.train()) == 0  # not marked
+    fused.enable(model)
+    assert pairs_in(model.train()) == 13
+    assert pairs_in(model.eval()) == 0
+    model.train()
+    f, noop = model.features, lambda *a: None
+    assert with_hook(f.register_forward_hook(noop)) == 0
+    assert with_hook(f.Conv2d_3_pointwise.register_forward_hook(noop)) == 12  # feeds Conv2d_4_depthwise
+    assert with_hook(f.Conv2d_3_pointwise.register_full_backward_hook(noop)) == 12
+    assert with_hook(f.Conv2d_3_pointwise.bn.register_forward_hook(noop)) == 12
+    assert with_hook(f.Conv2d_4_depthwise.conv.register_forward_pre_hook(noop)) == 12
+    assert with_hook(torch.nn.modules.module.register_module_forward_hook(noop)) == 0
+    assert pairs_in(model) == 13
 
 
 @needs_kernel
@@ -412,7 +412,8 @@ def test_a_failed_build_leaves_no_partial_file(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_compiled_training_step_steps_around_the_kernels():
+@needs_kernel
+def test_compiled_training_step_steps_around_the_kernels(monkeypatch):
     """``torch.compile`` of a kernel-enabled model in training (``mobilenet-v1 train --compile`` does not enable the
     kernels, but a user may): dynamo traces ``fused.sequential``, takes PyTorch's operators, and the loss and
     gradients are those of the eager model without kernels."""
@@ -420,6 +421,9 @@ def test_compiled_training_step_steps_around_the_kernels():
     ref = create_model("mobilenet_v1_025_224", num_classes=10).to(memory_format=torch.channels_last).train()
     model = copy.deepcopy(ref)
     fused.enable(model)
+    kernel_calls = []
+    for name in ("batch_norm_relu", "depthwise", "batch_norm_relu_depthwise"):
+        monkeypatch.setattr(fused, name, lambda *a, name=name: kernel_calls.append(name))
     x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (4,))
     exact = copy.deepcopy(ref).double()
@@ -428,7 +432,7 @@ def test_compiled_training_step_steps_around_the_kernels():
         loss = F.cross_entropy(m(inputs), y)
         loss.backward()
         losses.append(loss.item())
-    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4) and not kernel_calls  # traced, not run eagerly
     # batch 4 down to 1×1 maps: BN over 4 values, so float32 gradients are far off float64, eager ones too
     # (measured: up to ~3e-4 of a tensor's scale, the compiled ones up to 1.3× the eager error)
     params = zip(ref.named_parameters(), model.named_parameters(), exact.named_parameters())

@@ -343,8 +343,19 @@ def batch_norm_relu_depthwise(bn: nn.BatchNorm2d, conv: nn.Conv2d, x: torch.Tens
     return BatchNormReLUDepthwise.apply(*args)
 
 
-def _hooked(module: nn.Module) -> bool:  # a kernel would bypass its hooks (pruning masks, profilers, ...)
-    return bool(module._forward_hooks or module._forward_pre_hooks)
+def _hooked(module: nn.Module) -> bool:
+    """Whether hooks would see this module's call (its own, or global ones): a kernel would bypass them (pruning
+    masks, profilers, ...), so hooked modules keep PyTorch's path."""
+    from torch.nn.modules import module as m
+
+    own = module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+    return bool(
+        own
+        or m._global_forward_hooks
+        or m._global_forward_pre_hooks
+        or m._global_backward_hooks
+        or m._global_backward_pre_hooks
+    )
 
 
 def _conv(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -369,7 +380,7 @@ def conv_bn_act(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def _fused_block(m: nn.Module | None) -> bool:
     from .layers import ConvBNAct
 
-    return isinstance(m, ConvBNAct) and m.fused_training and m.training and not _hooked(m)
+    return type(m) is ConvBNAct and m.fused_training and m.training and not _hooked(m)  # a subclass keeps its forward
 
 
 def sequential(blocks: nn.Sequential, x: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,7 @@ static inline __m256 window_full(const float *r0, const float *r1, const float *
   return _mm256_add_ps(_mm256_add_ps(a, b), c);
 }
 
-/* The previous block's batch norm + ReLU, read in place of its output map: a = max((x - mean)*a + b, 0) (bn_relu.c) */
+/* The previous block's batch norm + ReLU, read in place of its output map: max((x - mean)*a + b, 0) (bn_relu.c) */
 typedef struct {
   const float *mean, *a, *b;
 } bn_t;
@@ -77,8 +77,8 @@ static const float *row_at(rows_t *r, int64_t n, int64_t ih) {
   return dst;
 }
 
-/* Scratch for nt threads: a zero row, the row rings (bn set), the gradient sums' float rows and double totals
-   (sums set). One allocation; NULL when there is no memory. */
+/* Scratch for nt threads: a zero row, the row rings (rings set), the gradient sums' float rows and double totals
+   (sums set); returns nonzero when there is no memory (scratch_free then releases what was had). */
 typedef struct {
   float *zero, *ring, *f;
   double *part;
