@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
+from torch.nn.modules import module as _module_hooks  # the global module hooks
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ _SIGNATURES = {  # the C functions' arguments (csrc/*.c)
     "bn_relu_grad_sums": [_P, _P, _I64, _I64, _P, _P, _P, _P, _P, _INT],
     "bn_relu_grad_apply": [_P, _P, _P, _I64, _I64, _P, _P, _P, _P, _P, _P, _INT, _INT],
     "dw3x3_forward": [_P, *_BN, _P, _P, *_SHAPE],  # x, BN, taps, y
-    "dw3x3_grad_input": [_P, _P, _P, *_SHAPE, _P, *_BN, _P, _P],  # gy, taps, gx, shape, x, BN, its sums
+    "dw3x3_grad_input": [_P, _P, _P, *_SHAPE, _P, *_BN, _P],  # gy, taps, gx, shape, x, BN, its sums [2][C]
     "dw3x3_grad_weight": [_P, _P, *_BN, _P, *_SHAPE],  # gy, x, BN, gw
 }
 
@@ -148,11 +149,21 @@ def _bn_forward(lib, x, weight, bias, running_mean, running_var, momentum: float
     return mean, mean.float(), invstd, a, bias.detach().float().contiguous()
 
 
-def _bn_backward(lib, g, x, weight, mean, mean32, invstd, a, b, sg, sgx):
+def _bn_grad_sums(lib, g, x, mean32, a, b) -> torch.Tensor:
+    """[2, C] float64: Σ m·g and Σ m·g·(x - mean32) over the map (m: the forward's ReLU mask)"""
+    n, c, h, w = x.shape
+    sums = torch.empty(2, c, dtype=torch.float64)
+    args = (_ptr(g), _ptr(x), n * h * w, c, _ptr(mean32), _ptr(a), _ptr(b), _ptr(sums[0]), _ptr(sums[1]))
+    _call(lib.bn_relu_grad_sums, *args, int(x.dtype == torch.bfloat16))
+    return sums
+
+
+def _bn_backward(lib, g, x, weight, mean, mean32, invstd, a, b, sums):
     """dL/dx, dL/dγ, dL/dβ of y = relu(batch_norm(x)) from g = dL/dy (masked or not) and the gradient sums
-    sg = Σ m·g, sgx = Σ m·g·(x - mean32) (m: the ReLU mask)."""
+    (sg, sgx) = (Σ m·g, Σ m·g·(x - mean32)) (m: the ReLU mask; :func:`_bn_grad_sums`)."""
     n, c, h, w = x.shape
     m = n * h * w
+    sg, sgx = sums
     # x̂ = (x - mean)·invstd. dL/dx = γ·invstd·(g - Σg/m - x̂·Σ(g·x̂)/m) = p·g + q·(x - mean32) + r
     grad_weight = invstd * (sgx + (mean32 - mean) * sg)  # Σ g·x̂, with the float32 mean's rounding taken out
     p = weight.detach().double() * invstd
@@ -187,13 +198,8 @@ class BatchNormReLU(torch.autograd.Function):
         lib = load()
         x, weight, mean, mean32, invstd, a, b = ctx.saved_tensors
         gy = gy.to(x.dtype).contiguous(memory_format=torch.channels_last)
-        n, c, h, w = x.shape
-        sg = torch.empty(c, dtype=torch.float64)
-        sgx = torch.empty(c, dtype=torch.float64)
-        bf16 = int(x.dtype == torch.bfloat16)
-        args = (_ptr(gy), _ptr(x), n * h * w, c, _ptr(mean32), _ptr(a), _ptr(b), _ptr(sg), _ptr(sgx), bf16)
-        _call(lib.bn_relu_grad_sums, *args)
-        return *_bn_backward(lib, gy, x, weight, mean, mean32, invstd, a, b, sg, sgx), None, None, None, None
+        sums = _bn_grad_sums(lib, gy, x, mean32, a, b)
+        return *_bn_backward(lib, gy, x, weight, mean, mean32, invstd, a, b, sums), None, None, None, None
 
 
 def _fast_input(x: torch.Tensor, dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> bool:
@@ -257,12 +263,12 @@ def _depthwise_grad_weight(lib, gy, x, taps, stride: int, bn=(None, None, None))
     return sums.t().reshape(c, 1, 3, 3).to(taps.dtype)
 
 
-def _depthwise_grad_input(lib, gy, x, taps, stride: int, bn=(None, None, None), sums=(None, None)):
-    """dL/dx (with bn: dL/da of the batch norm + ReLU a of x, and that batch norm's gradient sums into sums)"""
+def _depthwise_grad_input(lib, gy, x, taps, stride: int, bn=(None, None, None), sums=None):
+    """dL/dx (with bn: dL/da of the batch norm + ReLU a of x, and that batch norm's gradient sums into sums [2, C])"""
     n, c, h, w = x.shape
     gx = torch.empty_like(x, memory_format=torch.channels_last)
     shape = (n, h, w, c, *gy.shape[2:], stride)
-    _call(lib.dw3x3_grad_input, _ptr(gy), _ptr(taps), _ptr(gx), *shape, _ptr(x), *map(_ptr, bn), *map(_ptr, sums))
+    _call(lib.dw3x3_grad_input, _ptr(gy), _ptr(taps), _ptr(gx), *shape, _ptr(x), *map(_ptr, bn), _ptr(sums))
     return gx
 
 
@@ -310,15 +316,13 @@ class BatchNormReLUDepthwise(torch.autograd.Function):
         gy = gy.contiguous(memory_format=torch.channels_last)
         bn = (mean32, a, b)
         gw = _depthwise_grad_weight(lib, gy, x, taps, ctx.stride, bn) if ctx.needs_input_grad[7] else None
-        n, c, h, w = x.shape
-        sums = torch.empty(2, c, dtype=torch.float64)
         if x.nbytes > SUMS_IN_PLACE_BYTES:  # the batch norm's gradient sums from each row of dL/da as it is written
-            ga = _depthwise_grad_input(lib, gy, x, taps, ctx.stride, bn, (sums[0], sums[1]))
+            sums = torch.empty(2, x.shape[1], dtype=torch.float64)
+            ga = _depthwise_grad_input(lib, gy, x, taps, ctx.stride, bn, sums)
         else:  # a map the caches hold: a separate pass is faster
             ga = _depthwise_grad_input(lib, gy, x, taps, ctx.stride)
-            args = (_ptr(ga), _ptr(x), n * h * w, c, _ptr(mean32), _ptr(a), _ptr(b), _ptr(sums[0]), _ptr(sums[1]), 0)
-            _call(lib.bn_relu_grad_sums, *args)
-        gx, g_bn_weight, g_bn_bias = _bn_backward(lib, ga, x, bn_weight, mean, mean32, invstd, a, b, sums[0], sums[1])
+            sums = _bn_grad_sums(lib, ga, x, mean32, a, b)
+        gx, g_bn_weight, g_bn_bias = _bn_backward(lib, ga, x, bn_weight, mean, mean32, invstd, a, b, sums)
         return gx, g_bn_weight, g_bn_bias, None, None, None, None, gw, None
 
 
@@ -346,8 +350,7 @@ def batch_norm_relu_depthwise(bn: nn.BatchNorm2d, conv: nn.Conv2d, x: torch.Tens
 def _hooked(module: nn.Module) -> bool:
     """Whether hooks would see this module's call (its own, or global ones): a kernel would bypass them (pruning
     masks, profilers, ...), so hooked modules keep PyTorch's path."""
-    from torch.nn.modules import module as m
-
+    m = _module_hooks
     own = module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
     return bool(
         own

@@ -77,21 +77,24 @@ static const float *row_at(rows_t *r, int64_t n, int64_t ih) {
   return dst;
 }
 
-/* Scratch for nt threads: a zero row, the row rings (rings set), the gradient sums' float rows and double totals
-   (sums set); returns nonzero when there is no memory (scratch_free then releases what was had). */
+/* Scratch for nt threads: a zero row, the row rings (rings set), and per thread k sums of C channels, in float (the
+   current block) and in double (the totals); returns nonzero when there is no memory (scratch_free then releases
+   what was had). */
 typedef struct {
   float *zero, *ring, *f;
   double *part;
   int nt;
+  int64_t k; /* sums per thread, each of C values */
 } scratch_t;
 
-static int scratch_get(scratch_t *sc, int64_t W, int64_t C, int rings, int sums) {
+static int scratch_get(scratch_t *sc, int64_t W, int64_t C, int rings, int64_t k) {
   sc->nt = omp_get_max_threads();
+  sc->k = k;
   sc->zero = (float *)calloc((size_t)W * C, sizeof(float));
   sc->ring = rings ? (float *)malloc(sizeof(float) * 3 * W * C * sc->nt) : NULL;
-  sc->f = sums ? (float *)calloc((size_t)2 * C * sc->nt, sizeof(float)) : NULL;
-  sc->part = sums ? (double *)calloc((size_t)2 * C * sc->nt, sizeof(double)) : NULL;
-  return !sc->zero || (rings && !sc->ring) || (sums && (!sc->f || !sc->part));
+  sc->f = k ? (float *)calloc((size_t)k * C * sc->nt, sizeof(float)) : NULL;
+  sc->part = k ? (double *)calloc((size_t)k * C * sc->nt, sizeof(double)) : NULL;
+  return !sc->zero || (rings && !sc->ring) || (k && (!sc->f || !sc->part));
 }
 
 static void scratch_free(scratch_t *sc) {
@@ -101,26 +104,29 @@ static void scratch_free(scratch_t *sc) {
   free(sc->part);
 }
 
-/* The gradient sums of the previous block's batch norm, from one finished row of dL/da (ga) and the same row of
-   its input x, added to thread t's totals (in float over the row, then in double) */
-static void sums_row(const scratch_t *sc, int t, const float *ga, const float *x, int64_t W, int64_t C, const bn_t *bn) {
-  float *f1 = sc->f + (size_t)t * 2 * C, *f2 = f1 + C;
-  double *p1 = sc->part + (size_t)t * 2 * C, *p2 = p1 + C;
-  memset(f1, 0, sizeof(float) * 2 * C);
-  bn_relu_row_grad_sums(ga, x, W, C, bn->mean, bn->a, bn->b, f1, f2);
-  for (int64_t c = 0; c < C; c++) {
-    p1[c] += f1[c];
-    p2[c] += f2[c];
+/* Thread t's float block joins its double totals and starts again from zero */
+static void sums_flush(const scratch_t *sc, int t, int64_t C) {
+  float *f = sc->f + (size_t)t * sc->k * C;
+  double *p = sc->part + (size_t)t * sc->k * C;
+  for (int64_t i = 0; i < sc->k * C; i++) {
+    p[i] += f[i];
+    f[i] = 0.f;
   }
 }
 
-static void sums_total(const scratch_t *sc, int64_t C, double *s1, double *s2) {
-  for (int64_t c = 0; c < C; c++) s1[c] = s2[c] = 0.0;
-  for (int t = 0; t < sc->nt; t++) /* fixed order: results do not depend on timing */
-    for (int64_t c = 0; c < C; c++) {
-      s1[c] += sc->part[(size_t)t * 2 * C + c];
-      s2[c] += sc->part[(size_t)t * 2 * C + C + c];
-    }
+/* out[k*C] = the threads' totals, added in a fixed order (results do not depend on timing) */
+static void sums_total(const scratch_t *sc, int64_t C, double *out) {
+  for (int64_t i = 0; i < sc->k * C; i++) out[i] = 0.0;
+  for (int t = 0; t < sc->nt; t++)
+    for (int64_t i = 0; i < sc->k * C; i++) out[i] += sc->part[(size_t)t * sc->k * C + i];
+}
+
+/* The gradient sums of the previous block's batch norm ([2][C]: sum of m*g, of m*g*(x - mean)), from one finished
+   row of dL/da (ga) and the same row of its input x: in float over the row, then into thread t's double totals */
+static void sums_row(const scratch_t *sc, int t, const float *ga, const float *x, int64_t W, int64_t C, const bn_t *bn) {
+  float *f = sc->f + (size_t)t * 2 * C;
+  bn_relu_row_grad_sums(ga, x, W, C, bn->mean, bn->a, bn->b, f, f + C);
+  sums_flush(sc, t, C);
 }
 
 /* Rows [first, last) of `rows` for thread t of T */
@@ -132,9 +138,9 @@ static void sums_total(const scratch_t *sc, int64_t C, double *s1, double *s2) {
    ReLU. With epi: each finished row of y is also added to the gradient sums of the batch norm whose input is ex
    (y then being dL/da of that block, ex its input map, with y's shape). */
 static int conv(const float *x, const bn_t *pro, const float *w, float *y, int64_t N, int64_t H, int64_t W, int64_t C,
-                int64_t OH, int64_t OW, int s, const float *ex, const bn_t *epi, double *s1, double *s2) {
+                int64_t OH, int64_t OW, int s, const float *ex, const bn_t *epi, double *sums) {
   scratch_t sc;
-  if (scratch_get(&sc, W, C, pro != NULL, epi != NULL)) {
+  if (scratch_get(&sc, W, C, pro != NULL, epi ? 2 : 0)) {
     scratch_free(&sc);
     return 1;
   }
@@ -163,7 +169,7 @@ static int conv(const float *x, const bn_t *pro, const float *w, float *y, int64
       if (epi) sums_row(&sc, t, yr, ex + row * OW * C, OW, C, epi);
     }
   }
-  if (epi) sums_total(&sc, C, s1, s2);
+  if (epi) sums_total(&sc, C, sums);
   scratch_free(&sc);
   return 0;
 }
@@ -174,28 +180,28 @@ static int conv(const float *x, const bn_t *pro, const float *w, float *y, int64
 int dw3x3_forward(const float *x, const float *mean, const float *a, const float *b, const float *w, float *y,
                   int64_t N, int64_t H, int64_t W, int64_t C, int64_t OH, int64_t OW, int s) {
   bn_t bn = {mean, a, b};
-  return conv(x, mean ? &bn : NULL, w, y, N, H, W, C, OH, OW, s, NULL, NULL, NULL, NULL);
+  return conv(x, mean ? &bn : NULL, w, y, N, H, W, C, OH, OW, s, NULL, NULL, NULL);
 }
 
 /* dL/d(input). Stride 1: the forward with reversed taps. Stride 2: input (ih, iw) gets the taps with
    ih = 2*oh + kh - 1, i.e. kh = 1 for even ih, kh in {0, 2} for odd ih (and the same for columns).
-   With mean, a, b: gx is dL/da for a = the batch norm + ReLU of x, and sg, sgx get that batch norm's gradient sums
-   (bn_relu_grad_sums of gx and x) from each row as it is written. */
+   With mean, a, b: gx is dL/da for a = the batch norm + ReLU of x, and sums [2][C] gets that batch norm's gradient
+   sums (bn_relu_grad_sums of gx and x) from each row as it is written. */
 int dw3x3_grad_input(const float *gy, const float *w, float *gx, int64_t N, int64_t H, int64_t W, int64_t C,
                      int64_t OH, int64_t OW, int s, const float *x, const float *mean, const float *a, const float *b,
-                     double *sg, double *sgx) {
+                     double *sums) {
   bn_t bn = {mean, a, b};
   const bn_t *epi = mean ? &bn : NULL;
   if (s == 1) {
     float *reversed = (float *)malloc(sizeof(float) * 9 * C);
     if (!reversed) return 1;
     for (int k = 0; k < 9; k++) memcpy(reversed + k * C, w + (8 - k) * C, sizeof(float) * C);
-    int err = conv(gy, NULL, reversed, gx, N, OH, OW, C, H, W, 1, x, epi, sg, sgx);
+    int err = conv(gy, NULL, reversed, gx, N, OH, OW, C, H, W, 1, x, epi, sums);
     free(reversed);
     return err;
   }
   scratch_t sc;
-  if (scratch_get(&sc, OW, C, 0, epi != NULL)) {
+  if (scratch_get(&sc, OW, C, 0, epi ? 2 : 0)) {
     scratch_free(&sc);
     return 1;
   }
@@ -244,7 +250,7 @@ int dw3x3_grad_input(const float *gy, const float *w, float *gx, int64_t N, int6
       if (epi) sums_row(&sc, t, gx + row * W * C, x + row * W * C, W, C, epi);
     }
   }
-  if (epi) sums_total(&sc, C, sg, sgx);
+  if (epi) sums_total(&sc, C, sums);
   scratch_free(&sc);
   return 0;
 }
@@ -256,24 +262,16 @@ int dw3x3_grad_input(const float *gy, const float *w, float *gx, int64_t N, int6
 int dw3x3_grad_weight(const float *gy, const float *x, const float *mean, const float *a, const float *b,
                       double *gw, int64_t N, int64_t H, int64_t W, int64_t C, int64_t OH, int64_t OW, int s) {
   bn_t bn = {mean, a, b};
-  int nt = omp_get_max_threads();
-  double *part = (double *)calloc((size_t)nt * 9 * C, sizeof(double));
-  float *zero = (float *)calloc((size_t)W * C, sizeof(float));
-  float *sums = (float *)calloc((size_t)nt * 9 * C, sizeof(float));
-  float *ring = mean ? (float *)malloc(sizeof(float) * 3 * W * C * nt) : NULL;
-  if (!part || !zero || !sums || (mean && !ring)) {
-    free(part);
-    free(zero);
-    free(sums);
-    free(ring);
+  scratch_t sc;
+  if (scratch_get(&sc, W, C, mean != NULL, 9)) {
+    scratch_free(&sc);
     return 1;
   }
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(sc.nt)
   {
     THREAD_ROWS(N * OH)
-    double *p = part + (size_t)t * 9 * C;
-    float *f = sums + (size_t)t * 9 * C; /* the current block of rows, in float */
-    rows_t in = rows_of(x, mean ? &bn : NULL, zero, ring ? ring + (size_t)t * 3 * W * C : NULL, H, W, C);
+    float *f = sc.f + (size_t)t * 9 * C; /* the current block of rows, in float */
+    rows_t in = rows_of(x, mean ? &bn : NULL, sc.zero, sc.ring ? sc.ring + (size_t)t * 3 * W * C : NULL, H, W, C);
     for (int64_t row = first; row < last; row++) {
       int64_t n = row / OH, oh = row % OH;
       const float *r[3];
@@ -311,20 +309,10 @@ int dw3x3_grad_weight(const float *gy, const float *x, const float *mean, const 
         }
         for (int k = 0; k < 9; k++) _mm256_storeu_ps(f + k * C + c, _mm256_add_ps(LD(f + k * C + c), a[k]));
       }
-      if ((row - first + 1) % FLUSH_ROWS == 0 || row + 1 == last) {
-        for (int64_t k = 0; k < 9 * C; k++) {
-          p[k] += f[k];
-          f[k] = 0.f;
-        }
-      }
+      if ((row - first + 1) % FLUSH_ROWS == 0 || row + 1 == last) sums_flush(&sc, t, C);
     }
   }
-  for (int64_t k = 0; k < 9 * C; k++) gw[k] = 0.0;
-  for (int t = 0; t < nt; t++)
-    for (int64_t k = 0; k < 9 * C; k++) gw[k] += part[(size_t)t * 9 * C + k];
-  free(zero);
-  free(part);
-  free(sums);
-  free(ring);
+  sums_total(&sc, C, gw);
+  scratch_free(&sc);
   return 0;
 }
