@@ -37,8 +37,10 @@ CONFIGS = {
     "ours-cl-tuned-fused": ("ours", True, False, False, True),
     # the same kernels without handing a block's batch norm + ReLU to the next depthwise kernel (session 9's step)
     "ours-cl-tuned-fused-unpaired": ("ours", True, False, False, True),
+    # pointwise weight gradients by oneDNN's convolution backward everywhere (session 10's step)
+    "ours-cl-tuned-fused-convbwd": ("ours", True, False, False, True),
 }
-FUSED = {"ours-cl-tuned-fused", "ours-cl-tuned-fused-unpaired"}
+FUSED = {"ours-cl-tuned-fused", "ours-cl-tuned-fused-unpaired", "ours-cl-tuned-fused-convbwd"}
 
 
 def worker(name: str, size: int, batch: int, iters: int, warmup: int) -> dict:
@@ -65,6 +67,8 @@ def worker(name: str, size: int, batch: int, iters: int, warmup: int) -> dict:
             assert fused.enable(model), "the fused kernel could not be built here"
             if name.endswith("-unpaired"):
                 fused.sequential = lambda blocks, x: blocks(x)  # every block on its own, as before the pairing
+            if name.endswith("-convbwd"):
+                fused.pointwise = lambda conv, x: conv(x)  # PyTorch's convolution and its backward
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format).train()
     step_model = torch.compile(model) if compiled else model

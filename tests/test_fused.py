@@ -151,6 +151,46 @@ def test_depthwise_matches_conv2d(stride, size, channels):
         assert _error(g, e) <= 2 * _error(p, e) + floor, (name, _error(g, e), _error(p, e))
 
 
+@pytest.mark.parametrize("c_in", [16, fused.MM_WEIGHT_MIN_CHANNELS, 200])  # weight gradient by oneDNN / by torch.mm
+@pytest.mark.parametrize("wants", [(True, True), (False, True), (True, False)])  # input, weight need a gradient
+def test_pointwise_matches_conv2d(c_in, wants):
+    """The 1×1 convolution's output and gradients against ``F.conv2d`` in float64, on both weight-gradient paths,
+    with a first layer's input (no gradient) and frozen weights: at most twice PyTorch's float32 error, or a few
+    float32 roundings of the result's scale (torch.mm sums in another order than oneDNN: measured up to 4× its
+    error, 3.8e-7 of the scale, on these 105-term sums)."""
+    torch.manual_seed(5)
+    x = torch.randn(3, c_in, 5, 7).contiguous(memory_format=torch.channels_last).requires_grad_(wants[0])
+    conv = nn.Conv2d(c_in, 24, 1, bias=False).requires_grad_(wants[1])
+    assert fused.pointwise_applies(conv, x)
+    inputs = [t for t in (x, conv.weight) if t.requires_grad]
+    inputs64 = [t.detach().double().requires_grad_() for t in (x, conv.weight)]
+    exact = F.conv2d(*inputs64)
+    ref, out = conv(x), fused.pointwise(conv, x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(ref)
+    got = (out, *torch.autograd.grad(out, inputs, grad))
+    pytorch = (ref, *torch.autograd.grad(ref, inputs, grad))
+    wanted = [t for t, w in zip(inputs64, wants) if w]
+    exacts = (exact, *torch.autograd.grad(exact, wanted, grad.double()))
+    for i, (g, p, e) in enumerate(zip(got, pytorch, exacts, strict=True)):
+        assert g.shape == e.shape
+        assert _error(g, e) <= max(2 * _error(p, e), 1e-6 * e.abs().max().item()), (i, _error(g, e), _error(p, e))
+
+
+def test_pointwise_applies_only_to_its_shape():
+    x = torch.randn(2, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+    pw = nn.Conv2d(16, 32, 1, bias=False)
+    assert fused.pointwise_applies(pw, x)
+    assert not fused.pointwise_applies(pw, x.contiguous())  # NCHW
+    assert not fused.pointwise_applies(pw, x.double())
+    assert not fused.pointwise_applies(nn.Conv2d(16, 32, 1), x)  # bias
+    assert not fused.pointwise_applies(nn.Conv2d(16, 32, 1, 2, bias=False), x)  # stride
+    assert not fused.pointwise_applies(nn.Conv2d(16, 32, 1, groups=2, bias=False), x)
+    assert not fused.pointwise_applies(nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False), x)  # depthwise
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not fused.pointwise_applies(pw, x)  # autocast runs it in bf16
+
+
 @needs_kernel
 @pytest.mark.parametrize("sums_in_place", [False, True])
 @pytest.mark.parametrize(
@@ -271,8 +311,9 @@ def test_hooks_keep_pytorchs_operators_and_double_backward_refuses():
     block = model.features.Conv2d_1_depthwise
     block.conv.register_forward_hook(lambda m, i, o: seen.append("conv"))
     block.bn.register_forward_hook(lambda m, i, o: seen.append("bn"))
+    model.features.Conv2d_1_pointwise.conv.register_forward_hook(lambda m, i, o: seen.append("pointwise"))
     model(torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last))
-    assert seen == ["conv", "bn"]
+    assert seen == ["conv", "bn", "pointwise"]
     x = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
     _, bn = _pair(8)
     (g,) = torch.autograd.grad(fused.batch_norm_relu(bn, x).square().sum(), x, create_graph=True)
@@ -307,10 +348,12 @@ def test_a_training_step_matches_the_unfused_model(monkeypatch):
     model = copy.deepcopy(ref)
     assert fused.enable(model) == 27
     assert fused.enable(ref, on=False) == 0
-    calls, dw_calls, pair_calls = [], [], []
+    calls, dw_calls, pair_calls, pw_calls = [], [], [], []
     real_bn, real_dw, real_pair = fused.batch_norm_relu, fused.depthwise, fused.batch_norm_relu_depthwise
+    real_pw = fused.pointwise
     monkeypatch.setattr(fused, "batch_norm_relu", lambda bn, x: calls.append(bn) or real_bn(bn, x))
     monkeypatch.setattr(fused, "depthwise", lambda conv, x: dw_calls.append(conv) or real_dw(conv, x))
+    monkeypatch.setattr(fused, "pointwise", lambda conv, x: pw_calls.append(conv) or real_pw(conv, x))
     pair = lambda bn, conv, x: pair_calls.append((bn, conv)) or real_pair(bn, conv, x)  # noqa: E731
     monkeypatch.setattr(fused, "batch_norm_relu_depthwise", pair)
     x = torch.randn(8, 3, 64, 64).contiguous(memory_format=torch.channels_last)
@@ -329,6 +372,9 @@ def test_a_training_step_matches_the_unfused_model(monkeypatch):
         (id(p.bn), id(m.conv)) for p, m in zip(blocks, blocks[1:]) if m.conv.groups > 1
     ]
     assert len(pair_calls) == 13 and not dw_calls
+    pointwise = [m.conv for m in blocks if m.conv.kernel_size == (1, 1)]
+    assert [id(c) for c in pw_calls] == list(map(id, pointwise)) and len(pointwise) == 13
+    assert 0 < sum(c.in_channels >= fused.MM_WEIGHT_MIN_CHANNELS for c in pointwise) < 13  # both gradient paths
     assert [id(b) for b in calls] == [id(m.bn) for m in blocks if m not in before_dw]
     assert losses[1] == pytest.approx(losses[2], rel=1e-5)
     # against the float64 model: per tensor within 5× PyTorch's float32 error (or 1e-3 of the tensor's scale);
@@ -422,7 +468,7 @@ def test_compiled_training_step_steps_around_the_kernels(monkeypatch):
     model = copy.deepcopy(ref)
     fused.enable(model)
     kernel_calls = []
-    for name in ("batch_norm_relu", "depthwise", "batch_norm_relu_depthwise"):
+    for name in ("batch_norm_relu", "depthwise", "batch_norm_relu_depthwise", "pointwise"):
         monkeypatch.setattr(fused, name, lambda *a, name=name: kernel_calls.append(name))
     x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (4,))

@@ -10,6 +10,9 @@ their Mult-Adds (BENCHMARKS.md, "where the step's time goes"). Two kernels:
   it can also read the previous block's batch norm + ReLU in place of that block's output map, computing it row by
   row as it reads (and that batch norm's gradient sums as it writes dL/da), so the map is never stored.
 
+The 1×1 convolutions keep oneDNN's forward and input gradient but take their weight gradient from one
+``torch.mm`` on the channels-last view where that measured faster (:class:`PointwiseConv`).
+
 :func:`enable` marks a model's ``ConvBNAct`` blocks; in training mode each then uses a kernel where it applies —
 a channels-last CPU tensor with a multiple of 8 channels; a plain ``nn.BatchNorm2d`` tracking running statistics
 followed by ReLU; an ``nn.Conv2d`` of that depthwise shape outside autocast — and PyTorch's own operators
@@ -48,6 +51,7 @@ log = logging.getLogger(__name__)
 SOURCES = ("bn_relu.c", "depthwise.c")
 STREAM_BYTES = 8 << 20  # maps above this are written with streaming stores (they leave the caches anyway)
 SUMS_IN_PLACE_BYTES = 32 << 20  # maps above this get batch-norm gradient sums inside the depthwise kernel
+MM_WEIGHT_MIN_CHANNELS = 128  # 1×1 convolutions with this many input channels or more: weight gradient by torch.mm
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SHAPE = [_I64, _I64, _I64, _I64, _I64, _I64, _INT]  # N, H, W, C, OH, OW, stride
 _BN = [_P, _P, _P]  # mean, a, b of a batch norm + ReLU read in place of its output (NULL: none)
@@ -245,6 +249,22 @@ def depthwise_applies(conv: nn.Module, x: torch.Tensor) -> bool:
     )
 
 
+def pointwise_applies(conv: nn.Module, x: torch.Tensor) -> bool:
+    """Whether :class:`PointwiseConv` can stand in for ``conv(x)``: a bias-free 1×1 ``nn.Conv2d``, stride 1."""
+    return (
+        type(conv) is nn.Conv2d
+        and conv.groups == 1
+        and conv.kernel_size == (1, 1)
+        and conv.stride == (1, 1)
+        and conv.padding == (0, 0)
+        and conv.dilation == (1, 1)
+        and conv.bias is None
+        and conv.weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and _fast_input(x)
+    )
+
+
 def _depthwise_forward(lib, x, weight, stride: int, bn=(None, None, None)):
     """3×3 depthwise convolution of x (or, bn = (mean32, a, b), of max((x - mean32)·a + b, 0)); returns (y, taps)"""
     n, c, h, w = x.shape
@@ -291,6 +311,34 @@ class DepthwiseConv3x3(torch.autograd.Function):
         gx = _depthwise_grad_input(lib, gy, x, taps, ctx.stride) if ctx.needs_input_grad[0] else None
         gw = _depthwise_grad_weight(lib, gy, x, taps, ctx.stride) if ctx.needs_input_grad[1] else None
         return gx, gw, None
+
+
+class PointwiseConv(torch.autograd.Function):
+    """``F.conv2d(x, weight)`` for 1×1 weights [C_out, C_in, 1, 1], with the weight gradient as one matrix product
+    on the channels-last view (dL/dW = dL/dYᵀ·X) where that measured faster than oneDNN's backward-weights
+    convolution: C_in ≥ :data:`MM_WEIGHT_MIN_CHANNELS` (BENCHMARKS.md, session 11)."""
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        ctx.save_for_backward(x, weight)
+        return torch.nn.functional.conv2d(x, weight)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy):
+        x, weight = ctx.saved_tensors
+        gy = gy.contiguous(memory_format=torch.channels_last)
+        c_out, c_in = weight.shape[:2]
+        by_mm = c_in >= MM_WEIGHT_MIN_CHANNELS
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1] and not by_mm, False]
+        gx = gw = None
+        if any(mask):
+            args = (None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask)  # bias sizes, stride, padding, ...
+            gx, gw, _ = torch.ops.aten.convolution_backward(gy, x, weight, *args)
+        if ctx.needs_input_grad[1] and by_mm:  # [N·H·W, C] views: a free reshape of channels-last maps
+            gy_rows, x_rows = gy.permute(0, 2, 3, 1).reshape(-1, c_out), x.permute(0, 2, 3, 1).reshape(-1, c_in)
+            gw = torch.mm(gy_rows.t(), x_rows).view_as(weight)
+        return gx, gw
 
 
 class BatchNormReLUDepthwise(torch.autograd.Function):
@@ -340,6 +388,10 @@ def depthwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return DepthwiseConv3x3.apply(x, conv.weight, conv.stride[0])
 
 
+def pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    return PointwiseConv.apply(x, conv.weight)
+
+
 def batch_norm_relu_depthwise(bn: nn.BatchNorm2d, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``conv(relu(bn(x)))`` without storing ``relu(bn(x))``"""
     _count_batch(bn)
@@ -362,8 +414,12 @@ def _hooked(module: nn.Module) -> bool:
 
 
 def _conv(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if depthwise_applies(block.conv, x) and not _hooked(block.conv):
+    if _hooked(block.conv):
+        return block.conv(x)
+    if depthwise_applies(block.conv, x):
         return depthwise(block.conv, x)
+    if pointwise_applies(block.conv, x):
+        return pointwise(block.conv, x)
     return block.conv(x)
 
 
