@@ -192,7 +192,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainResult:
     eval_model = MobileNetV1(config=model.config).to(info.device, memory_format=memory_format)
     world_batch = cfg.batch_size * info.world
     base_lr = cfg.lr if cfg.lr is not None else recipe.lr * world_batch / recipe.base_batch
-    optimizer = build_optimizer(model, recipe, base_lr)
+    optimizer = build_optimizer(model, recipe, base_lr, loss_scaling=precision == "fp16")
     ema = EMA(model, recipe.ema_decay) if recipe.ema_decay else None
     # fp16 gradients underflow without loss scaling; for other precisions the scaler passes everything through
     scaler = torch.amp.GradScaler(info.device.type, enabled=precision == "fp16")
