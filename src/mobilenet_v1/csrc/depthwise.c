@@ -255,7 +255,7 @@ int dw3x3_grad_input(const float *gy, const float *w, float *gx, int64_t N, int6
   return 0;
 }
 
-#define FLUSH_ROWS 16 /* output rows summed in float before they join the per-thread double totals */
+#define FLUSH_TERMS 128 /* about this many products summed in float before they join the per-thread double totals */
 
 /* dL/dw[k][c] = sum over n, oh, ow of gy[n,oh,ow,c] * in[n, oh*s+kh-1, ow*s+kw-1, c]; per-thread double totals;
    in = x or (mean, a, b given) its batch norm + ReLU */
@@ -271,45 +271,32 @@ int dw3x3_grad_weight(const float *gy, const float *x, const float *mean, const 
   {
     THREAD_ROWS(N * OH)
     float *f = sc.f + (size_t)t * 9 * C; /* the current block of rows, in float */
+    int64_t flush_rows = OW >= FLUSH_TERMS ? 1 : FLUSH_TERMS / OW;
     rows_t in = rows_of(x, mean ? &bn : NULL, sc.zero, sc.ring ? sc.ring + (size_t)t * 3 * W * C : NULL, H, W, C);
     for (int64_t row = first; row < last; row++) {
       int64_t n = row / OH, oh = row % OH;
       const float *r[3];
       for (int kh = 0; kh < 3; kh++) r[kh] = row_at(&in, n, oh * s + kh - 1);
       const float *g = gy + row * OW * C;
-      for (int64_t c = 0; c < C; c += 8) {
-        __m256 a[9];
-        for (int k = 0; k < 9; k++) a[k] = _mm256_setzero_ps();
-        for (int64_t ow = 0; ow < OW; ow++) {
-          int64_t col = ow * s - 1;
-          __m256 gv = LD(g + ow * C + c);
-          if (col >= 0 && col + 2 < W) {
-            const float *r0 = r[0] + col * C + c, *r1 = r[1] + col * C + c, *r2 = r[2] + col * C + c;
-            a[0] = FMA(gv, LD(r0), a[0]);
-            a[1] = FMA(gv, LD(r0 + C), a[1]);
-            a[2] = FMA(gv, LD(r0 + 2 * C), a[2]);
-            a[3] = FMA(gv, LD(r1), a[3]);
-            a[4] = FMA(gv, LD(r1 + C), a[4]);
-            a[5] = FMA(gv, LD(r1 + 2 * C), a[5]);
-            a[6] = FMA(gv, LD(r2), a[6]);
-            a[7] = FMA(gv, LD(r2 + C), a[7]);
-            a[8] = FMA(gv, LD(r2 + 2 * C), a[8]);
-          } else { /* constant indices only, so that a[] stays in registers */
-#define EDGE_COLUMN(kw)                                                 \
-  if (col + kw >= 0 && col + kw < W) {                                  \
-    a[kw] = FMA(gv, LD(r[0] + (col + kw) * C + c), a[kw]);             \
-    a[3 + kw] = FMA(gv, LD(r[1] + (col + kw) * C + c), a[3 + kw]);     \
-    a[6 + kw] = FMA(gv, LD(r[2] + (col + kw) * C + c), a[6 + kw]);     \
-  }
-            EDGE_COLUMN(0)
-            EDGE_COLUMN(1)
-            EDGE_COLUMN(2)
-#undef EDGE_COLUMN
+      /* columns outer, channels inner: the maps are read in memory order, into f[9][C] (in L1). A channel-outer
+         loop with the 9 sums in registers strides by C floats down a row, which at C >= 512 keeps landing in the
+         same few L1 sets: 1.5x slower over MobileNet's layers (BENCHMARKS.md, session 11). */
+      for (int64_t ow = 0; ow < OW; ow++) {
+        const float *gp = g + ow * C;
+        for (int kw = 0; kw < 3; kw++) {
+          int64_t iw = ow * s - 1 + kw;
+          if (iw < 0 || iw >= W) continue;
+          const float *p0 = r[0] + iw * C, *p1 = r[1] + iw * C, *p2 = r[2] + iw * C;
+          float *f0 = f + kw * C, *f1 = f0 + 3 * C, *f2 = f0 + 6 * C;
+          for (int64_t c = 0; c < C; c += 8) {
+            __m256 gv = LD(gp + c);
+            _mm256_storeu_ps(f0 + c, FMA(gv, LD(p0 + c), LD(f0 + c)));
+            _mm256_storeu_ps(f1 + c, FMA(gv, LD(p1 + c), LD(f1 + c)));
+            _mm256_storeu_ps(f2 + c, FMA(gv, LD(p2 + c), LD(f2 + c)));
           }
         }
-        for (int k = 0; k < 9; k++) _mm256_storeu_ps(f + k * C + c, _mm256_add_ps(LD(f + k * C + c), a[k]));
       }
-      if ((row - first + 1) % FLUSH_ROWS == 0 || row + 1 == last) sums_flush(&sc, t, C);
+      if ((row - first + 1) % flush_rows == 0 || row + 1 == last) sums_flush(&sc, t, C);
     }
   }
   sums_total(&sc, C, gw);
