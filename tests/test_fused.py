@@ -484,3 +484,20 @@ def test_compiled_training_step_steps_around_the_kernels(monkeypatch):
     params = zip(ref.named_parameters(), model.named_parameters(), exact.named_parameters())
     for (name, eager), (_, compiled), (_, ex) in params:
         assert _error(compiled.grad, ex.grad) <= 4 * _error(eager.grad, ex.grad) + 1e-5 * ex.grad.abs().max(), name
+
+
+def test_pointwise_weight_gradient_keeps_the_weights_strides():
+    """A channels-last 1×1 weight gets a gradient with its own strides on both paths (DDP's gradient buckets
+    compare strides and warn on every step otherwise)."""
+    for c_in in (16, 256):
+        conv = nn.Conv2d(c_in, 32, 1, bias=False).to(memory_format=torch.channels_last)
+        x = torch.randn(2, c_in, 3, 3).contiguous(memory_format=torch.channels_last)
+        (gw,) = torch.autograd.grad(fused.pointwise(conv, x).sum(), conv.weight)
+        assert gw.stride() == conv.weight.stride(), (c_in, gw.stride(), conv.weight.stride())
+
+
+def test_empty_maps_take_pytorchs_operators():
+    x = torch.empty(2, 8, 4, 0).contiguous(memory_format=torch.channels_last)
+    assert not fused.depthwise_applies(nn.Conv2d(8, 8, 3, 1, 1, groups=8, bias=False), x)
+    assert not fused.pointwise_applies(nn.Conv2d(8, 8, 1, bias=False), x)
+    assert not fused.applies(nn.BatchNorm2d(8).train(), x)

@@ -211,6 +211,7 @@ def _fast_input(x: torch.Tensor, dtypes: tuple[torch.dtype, ...] = (torch.float3
         x.device.type == "cpu"
         and x.dtype in dtypes
         and x.dim() == 4
+        and x.numel() > 0
         and x.shape[1] % 8 == 0
         and x.is_contiguous(memory_format=torch.channels_last)
         and not torch.compiler.is_compiling()
@@ -337,7 +338,8 @@ class PointwiseConv(torch.autograd.Function):
             gx, gw, _ = torch.ops.aten.convolution_backward(gy, x, weight, *args)
         if ctx.needs_input_grad[1] and by_mm:  # [N·H·W, C] views: a free reshape of channels-last maps
             gy_rows, x_rows = gy.permute(0, 2, 3, 1).reshape(-1, c_out), x.permute(0, 2, 3, 1).reshape(-1, c_in)
-            gw = torch.mm(gy_rows.t(), x_rows).view_as(weight)
+            gw = torch.empty_like(weight)  # the weight's own strides, as DDP's gradient buckets expect
+            torch.mm(gy_rows.t(), x_rows, out=gw.view(c_out, c_in))
         return gx, gw
 
 

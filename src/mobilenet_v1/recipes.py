@@ -125,8 +125,10 @@ def build_optimizer(model: nn.Module, recipe: Recipe, lr: float, loss_scaling: b
         return RMSpropTF(groups, lr=lr, decay=0.9, momentum=0.9, eps=1.0)
     # On the CPU, fused=True updates every parameter in one kernel instead of the per-parameter loop PyTorch picks
     # there by default: 5.7 vs 11.3 ms per step at α = 1 (~1% of a 64 px step; BENCHMARKS.md, session 11). Not
-    # under a GradScaler: fused SGD advances its momentum on the overflow steps the scaler skips (measured here:
-    # non-finite weights after the first fp16 steps; LibreYOLO/libreyolo#771 saw the same on CUDA).
+    # under a GradScaler: when the scaler skips the *first* step (fp16 overflow, the usual start), fused SGD has
+    # already allocated its momentum buffers uninitialised (torch.empty_like) and later steps use them as momentum
+    # (measured: buffers ~1e28, then non-finite weights). The fused kernel also reads .grad as flat memory, so a
+    # .grad assigned by hand with other strides than its parameter would be misread; autograd never does that.
     fused = not loss_scaling and all(p.device.type == "cpu" for g in groups for p in g["params"])
     return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, fused=fused or None)
 

@@ -255,7 +255,7 @@ int dw3x3_grad_input(const float *gy, const float *w, float *gx, int64_t N, int6
   return 0;
 }
 
-#define FLUSH_TERMS 128 /* about this many products summed in float before they join the per-thread double totals */
+#define FLUSH_TERMS 128 /* rows narrower than this are grouped to about this many products per float partial sum */
 
 /* dL/dw[k][c] = sum over n, oh, ow of gy[n,oh,ow,c] * in[n, oh*s+kh-1, ow*s+kw-1, c]; per-thread double totals;
    in = x or (mean, a, b given) its batch norm + ReLU */
@@ -271,14 +271,14 @@ int dw3x3_grad_weight(const float *gy, const float *x, const float *mean, const 
   {
     THREAD_ROWS(N * OH)
     float *f = sc.f + (size_t)t * 9 * C; /* the current block of rows, in float */
-    int64_t flush_rows = OW >= FLUSH_TERMS ? 1 : FLUSH_TERMS / OW;
+    int64_t flush_rows = OW >= FLUSH_TERMS || OW < 1 ? 1 : FLUSH_TERMS / OW; /* one row at least */
     rows_t in = rows_of(x, mean ? &bn : NULL, sc.zero, sc.ring ? sc.ring + (size_t)t * 3 * W * C : NULL, H, W, C);
     for (int64_t row = first; row < last; row++) {
       int64_t n = row / OH, oh = row % OH;
       const float *r[3];
       for (int kh = 0; kh < 3; kh++) r[kh] = row_at(&in, n, oh * s + kh - 1);
       const float *g = gy + row * OW * C;
-      /* columns outer, channels inner: the maps are read in memory order, into f[9][C] (in L1). A channel-outer
+      /* columns outer, channels inner: the maps are read in memory order, into f[9][C] (L1 or L2). A channel-outer
          loop with the 9 sums in registers strides by C floats down a row, which at C >= 512 keeps landing in the
          same few L1 sets: 1.5x slower over MobileNet's layers (BENCHMARKS.md, session 11). */
       for (int64_t ow = 0; ow < OW; ow++) {
