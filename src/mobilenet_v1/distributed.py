@@ -44,6 +44,9 @@ def setup(device: str = "auto") -> DistInfo:
 
 
 def teardown(info: DistInfo) -> None:
+    # A rank that destroys the group while another is still in a collective can abort at exit with "terminate
+    # called without an active exception" (gloo, measured: 6 of 77 two-rank runs); train() therefore meets the
+    # other ranks at a barrier first, on its success path (a failing rank must not wait there for the others).
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
 

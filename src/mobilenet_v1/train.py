@@ -154,7 +154,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     """Train (or resume) into ``cfg.out_dir``; returns the final metrics. Safe under torchrun."""
     info = setup(cfg.device)
     try:
-        return _train(cfg, info, resume)
+        result = _train(cfg, info, resume)
+        barrier(info)  # no rank tears the process group down while another still uses it (see teardown)
+        return result
     finally:
         teardown(info)
 
