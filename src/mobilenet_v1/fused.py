@@ -232,37 +232,40 @@ def applies(bn: nn.Module, x: torch.Tensor) -> bool:
     )
 
 
+def _plain_conv(conv: nn.Module, x: torch.Tensor) -> bool:
+    """A bias-free, undilated float32 ``nn.Conv2d`` (not a subclass: TF-'SAME' padding) on a kernel-ready input,
+    outside autocast (which would run it in bf16)."""
+    return (
+        type(conv) is nn.Conv2d
+        and conv.dilation == (1, 1)
+        and conv.bias is None
+        and conv.weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and _fast_input(x)
+    )
+
+
 def depthwise_applies(conv: nn.Module, x: torch.Tensor) -> bool:
     """Whether the depthwise kernel can stand in for ``conv(x)``: a bias-free 3×3 depthwise ``nn.Conv2d``,
     padding 1 with zeros, stride 1 or 2, no dilation."""
     return (
-        type(conv) is nn.Conv2d
+        _plain_conv(conv, x)
         and conv.groups == conv.in_channels == conv.out_channels
         and conv.kernel_size == (3, 3)
         and conv.padding == (1, 1)
         and conv.stride in ((1, 1), (2, 2))
-        and conv.dilation == (1, 1)
         and conv.padding_mode == "zeros"
-        and conv.bias is None
-        and conv.weight.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")  # autocast would run this convolution in bf16
-        and _fast_input(x)
     )
 
 
 def pointwise_applies(conv: nn.Module, x: torch.Tensor) -> bool:
     """Whether :class:`PointwiseConv` can stand in for ``conv(x)``: a bias-free 1×1 ``nn.Conv2d``, stride 1."""
     return (
-        type(conv) is nn.Conv2d
+        _plain_conv(conv, x)
         and conv.groups == 1
         and conv.kernel_size == (1, 1)
         and conv.stride == (1, 1)
         and conv.padding == (0, 0)
-        and conv.dilation == (1, 1)
-        and conv.bias is None
-        and conv.weight.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
-        and _fast_input(x)
     )
 
 
