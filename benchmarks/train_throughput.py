@@ -39,8 +39,11 @@ CONFIGS = {
     "ours-cl-tuned-fused-unpaired": ("ours", True, False, False, True),
     # pointwise weight gradients by oneDNN's convolution backward everywhere (session 10's step)
     "ours-cl-tuned-fused-convbwd": ("ours", True, False, False, True),
+    # each depthwise block's own batch norm + ReLU on a kernel of its own, not inside the depthwise kernels
+    # (fused.DepthwiseBlock; session 11's step, with session 12's one-pass depthwise backward)
+    "ours-cl-tuned-fused-pairs": ("ours", True, False, False, True),
 }
-FUSED = {"ours-cl-tuned-fused", "ours-cl-tuned-fused-unpaired", "ours-cl-tuned-fused-convbwd"}
+FUSED = {n for n in CONFIGS if n.startswith("ours-cl-tuned-fused")}
 
 
 def worker(name: str, size: int, batch: int, iters: int, warmup: int) -> dict:
@@ -69,6 +72,8 @@ def worker(name: str, size: int, batch: int, iters: int, warmup: int) -> dict:
                 fused.sequential = lambda blocks, x: blocks(x)  # every block on its own, as before the pairing
             if name.endswith("-convbwd"):
                 fused.pointwise = lambda conv, x: conv(x)  # PyTorch's convolution and its backward
+            if name.endswith("-pairs"):
+                fused._depthwise_bn_relu_fusable = lambda block, x: False
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format).train()
     step_model = torch.compile(model) if compiled else model

@@ -225,19 +225,77 @@ def test_batch_norm_relu_read_by_the_depthwise_kernel(monkeypatch, sums_in_place
 
 
 @needs_kernel
+@pytest.mark.parametrize("sums_in_place", [False, True])
+@pytest.mark.parametrize(
+    ("stride", "size", "channels", "offset"),
+    [
+        (1, (9, 9), 8, 0.0),
+        (2, (9, 9), 16, 0.0),
+        (2, (8, 11), 24, 0.0),
+        (1, (1, 2), 8, 0.0),
+        (2, (2, 4), 8, 0.0),
+        (1, (6, 7), 16, 400.0),  # the depthwise output's mean ~200× its spread: its statistics must not cancel away
+    ],
+)
+@pytest.mark.parametrize("frozen", [False, True])  # depthwise weights without a gradient (fine-tuning)
+def test_depthwise_block_matches_pytorch(monkeypatch, sums_in_place, stride, size, channels, offset, frozen):
+    """``relu(bn2(conv(relu(bn1(x)))))`` with bn2's statistics summed inside the depthwise kernel and its
+    gradient read by the depthwise backward kernel (neither the BN + ReLU map nor dL/d(conv) stored): output, the
+    six gradients and both batch norms' running statistics against float64, at most twice PyTorch's float32
+    error (or 1e-6 of the scale)."""
+    monkeypatch.setattr(fused, "SUMS_IN_PLACE_BYTES", -1 if sums_in_place else 1 << 62)
+    torch.manual_seed(6)
+    x = (torch.randn(3, channels, *size) * 2 + 0.3).contiguous(memory_format=torch.channels_last).requires_grad_()
+    (ref_bn1, bn1), (ref_bn2, bn2) = _pair(channels, seed=1), _pair(channels, seed=2)
+    with torch.no_grad():
+        for b in (ref_bn1, bn1):
+            b.bias.add_(offset)
+    conv = nn.Conv2d(channels, channels, 3, stride, 1, groups=channels, bias=False).requires_grad_(not frozen)
+    if offset:  # the centre tap only (+ noise): the output keeps bn1's mean (other taps would make the edges differ)
+        with torch.no_grad():
+            conv.weight.mul_(1e-3)[:, :, 1, 1] = 1.0
+    mods64 = [copy.deepcopy(m).double() for m in (ref_bn1, conv, ref_bn2)]
+    x64 = x.detach().double().requires_grad_()
+    exact = F.relu(mods64[2](mods64[1](F.relu(mods64[0](x64)))))
+    ref = F.relu(ref_bn2(conv(F.relu(ref_bn1(x)))))
+    out = fused.depthwise_block(bn1, conv, bn2, x)
+    assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(ref)
+    names = ["output", "input", "bn1 weight", "bn1 bias", "bn2 weight", "bn2 bias", "conv weight"][: 7 - frozen]
+    wrt = [x, bn1.weight, bn1.bias, bn2.weight, bn2.bias, conv.weight][: 6 - frozen]
+    wrt_ref = [x, ref_bn1.weight, ref_bn1.bias, ref_bn2.weight, ref_bn2.bias, conv.weight][: 6 - frozen]
+    wrt64 = [x64, mods64[0].weight, mods64[0].bias, mods64[2].weight, mods64[2].bias, mods64[1].weight][: 6 - frozen]
+    got = (out, *torch.autograd.grad(out, wrt, grad))
+    pytorch = (ref, *torch.autograd.grad(ref, wrt_ref, grad))
+    exacts = (exact, *torch.autograd.grad(exact, wrt64, grad.double()))
+    for name, g, p, e in zip(names, got, pytorch, exacts, strict=True):
+        floor = 1e-6 * e.abs().max().item()
+        assert _error(g, e) <= 2 * _error(p, e) + floor, (name, _error(g, e), _error(p, e))
+    for bn, pytorch_bn, bn64 in ((bn1, ref_bn1, mods64[0]), (bn2, ref_bn2, mods64[2])):
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            a, r, e = getattr(bn, name), getattr(pytorch_bn, name), getattr(bn64, name).double()
+            assert _error(a, e) <= 2 * _error(r, e) + 1e-7 * e.abs().max().item(), name
+
+
+@needs_kernel
 def test_model_hands_batch_norm_to_depthwise_only_where_it_may(monkeypatch):
     """The pairing in ``fused.sequential``: every depthwise layer of a training model takes the previous block's
-    BN + ReLU; evaluation, unmarked models and hooks (on the block sequence, a block, its BN, the depthwise conv,
-    backward hooks, global hooks) keep the plain path there."""
+    BN + ReLU, and its own (:class:`fused.DepthwiseBlock`); evaluation, unmarked models and hooks (on the block
+    sequence, a block, its BN, the depthwise conv, backward hooks, global hooks) keep the plain path there, and a
+    hook on the depthwise block's own BN or ReLU leaves it the pair without its BN
+    (:class:`fused.BatchNormReLUDepthwise`)."""
     model = create_model("mobilenet_v1_025_224", num_classes=10).to(memory_format=torch.channels_last)
     x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    real, pairs = fused.BatchNormReLUDepthwise.apply, []
-    monkeypatch.setattr(fused.BatchNormReLUDepthwise, "apply", lambda *a: pairs.append(a) or real(*a))
+    pairs, blocks = [], []
+    real_pair, real_block = fused.BatchNormReLUDepthwise.apply, fused.DepthwiseBlock.apply
+    monkeypatch.setattr(fused.BatchNormReLUDepthwise, "apply", lambda *a: pairs.append(a) or real_pair(*a))
+    monkeypatch.setattr(fused.DepthwiseBlock, "apply", lambda *a: blocks.append(a) or real_block(*a))
 
-    def pairs_in(m) -> int:
+    def pairs_in(m) -> int:  # depthwise layers that read the previous BN + ReLU, with or without their own
         pairs.clear()
+        blocks.clear()
         m(x).sum().backward()
-        return len(pairs)
+        return len(pairs) + len(blocks)
 
     def with_hook(handle) -> int:
         try:
@@ -257,7 +315,9 @@ def test_model_hands_batch_norm_to_depthwise_only_where_it_may(monkeypatch):
     assert with_hook(f.Conv2d_3_pointwise.bn.register_forward_hook(noop)) == 12
     assert with_hook(f.Conv2d_4_depthwise.conv.register_forward_pre_hook(noop)) == 12
     assert with_hook(torch.nn.modules.module.register_module_forward_hook(noop)) == 0
-    assert pairs_in(model) == 13
+    assert pairs_in(model) == 13 and len(blocks) == 13
+    for module in (f.Conv2d_4_depthwise.bn, f.Conv2d_4_depthwise.act):
+        assert with_hook(module.register_forward_hook(noop)) == 13 and (len(blocks), len(pairs)) == (12, 1)
 
 
 @needs_kernel
@@ -348,14 +408,16 @@ def test_a_training_step_matches_the_unfused_model(monkeypatch):
     model = copy.deepcopy(ref)
     assert fused.enable(model) == 27
     assert fused.enable(ref, on=False) == 0
-    calls, dw_calls, pair_calls, pw_calls = [], [], [], []
+    calls, dw_calls, pair_calls, block_calls, pw_calls = [], [], [], [], []
     real_bn, real_dw, real_pair = fused.batch_norm_relu, fused.depthwise, fused.batch_norm_relu_depthwise
-    real_pw = fused.pointwise
+    real_pw, real_block = fused.pointwise, fused.depthwise_block
     monkeypatch.setattr(fused, "batch_norm_relu", lambda bn, x: calls.append(bn) or real_bn(bn, x))
     monkeypatch.setattr(fused, "depthwise", lambda conv, x: dw_calls.append(conv) or real_dw(conv, x))
     monkeypatch.setattr(fused, "pointwise", lambda conv, x: pw_calls.append(conv) or real_pw(conv, x))
     pair = lambda bn, conv, x: pair_calls.append((bn, conv)) or real_pair(bn, conv, x)  # noqa: E731
     monkeypatch.setattr(fused, "batch_norm_relu_depthwise", pair)
+    block = lambda bn1, conv, bn2, x: block_calls.append((bn1, conv, bn2)) or real_block(bn1, conv, bn2, x)  # noqa: E731
+    monkeypatch.setattr(fused, "depthwise_block", block)
     x = torch.randn(8, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (8,))
     exact = copy.deepcopy(ref).double()
@@ -364,18 +426,18 @@ def test_a_training_step_matches_the_unfused_model(monkeypatch):
         loss = F.cross_entropy(m(inputs), y)
         loss.backward()
         losses.append(loss.item())
-    # every depthwise layer of `model` read the previous block's BN + ReLU in place of its output map; every other
-    # block's BN + ReLU took the BN + ReLU kernel; `ref` took neither
+    # every depthwise layer of `model` read the previous block's BN + ReLU in place of its output map and ran its
+    # own BN + ReLU (DepthwiseBlock); the one block left, the last pointwise one, took the BN + ReLU kernel; `ref`
+    # took none
     blocks = [m for m in model.modules() if isinstance(m, ConvBNAct)]
-    before_dw = [prev for prev, m in zip(blocks, blocks[1:]) if m.conv.groups > 1]
-    assert [(id(b), id(c)) for b, c in pair_calls] == [
-        (id(p.bn), id(m.conv)) for p, m in zip(blocks, blocks[1:]) if m.conv.groups > 1
+    assert [tuple(map(id, t)) for t in block_calls] == [
+        (id(p.bn), id(m.conv), id(m.bn)) for p, m in zip(blocks, blocks[1:]) if m.conv.groups > 1
     ]
-    assert len(pair_calls) == 13 and not dw_calls
+    assert len(block_calls) == 13 and not dw_calls and not pair_calls
     pointwise = [m.conv for m in blocks if m.conv.kernel_size == (1, 1)]
     assert [id(c) for c in pw_calls] == list(map(id, pointwise)) and len(pointwise) == 13
     assert 0 < sum(c.in_channels >= fused.MM_WEIGHT_MIN_CHANNELS for c in pointwise) < 13  # both gradient paths
-    assert [id(b) for b in calls] == [id(m.bn) for m in blocks if m not in before_dw]
+    assert [id(b) for b in calls] == [id(blocks[-1].bn)]
     assert losses[1] == pytest.approx(losses[2], rel=1e-5)
     # against the float64 model: per tensor within 5× PyTorch's float32 error (or 1e-3 of the tensor's scale);
     # over all tensors, at least as close as PyTorch's (measured: the kernel's error is 0.4× PyTorch's, median)
@@ -468,7 +530,7 @@ def test_compiled_training_step_steps_around_the_kernels(monkeypatch):
     model = copy.deepcopy(ref)
     fused.enable(model)
     kernel_calls = []
-    for name in ("batch_norm_relu", "depthwise", "batch_norm_relu_depthwise", "pointwise"):
+    for name in ("batch_norm_relu", "depthwise", "batch_norm_relu_depthwise", "depthwise_block", "pointwise"):
         monkeypatch.setattr(fused, name, lambda *a, name=name: kernel_calls.append(name))
     x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (4,))

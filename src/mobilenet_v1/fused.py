@@ -55,14 +55,14 @@ MM_WEIGHT_MIN_CHANNELS = 128  # 1×1 convolutions with this many input channels 
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SHAPE = [_I64, _I64, _I64, _I64, _I64, _I64, _INT]  # N, H, W, C, OH, OW, stride
 _BN = [_P, _P, _P]  # mean, a, b of a batch norm + ReLU read in place of its output (NULL: none)
+_BN_GRAD = [_P] * 7  # y, mean, a, b, p, q, r: dL/dy through the next batch norm + ReLU of y (NULL: none)
 _SIGNATURES = {  # the C functions' arguments (csrc/*.c)
     "bn_relu_stats": [_P, _I64, _I64, _P, _P, _P, _INT],
     "bn_relu_apply": [_P, _P, _I64, _I64, _P, _P, _P, _INT, _INT],
     "bn_relu_grad_sums": [_P, _P, _I64, _I64, _P, _P, _P, _P, _P, _INT],
     "bn_relu_grad_apply": [_P, _P, _P, _I64, _I64, _P, _P, _P, _P, _P, _P, _INT, _INT],
-    "dw3x3_forward": [_P, *_BN, _P, _P, *_SHAPE],  # x, BN, taps, y
-    "dw3x3_grad_input": [_P, _P, _P, *_SHAPE, _P, *_BN, _P],  # gy, taps, gx, shape, x, BN, its sums [2][C]
-    "dw3x3_grad_weight": [_P, _P, *_BN, _P, *_SHAPE],  # gy, x, BN, gw
+    "dw3x3_forward": [_P, *_BN, _P, _P, *_SHAPE, _P, _P],  # x, BN, taps, y, shape, y's shift and statistics
+    "dw3x3_backward": [_P, _P, _P, _P, _P, *_SHAPE, *_BN, _P, *_BN_GRAD],  # gy, x, taps, gx, gw, shape, BN, its sums
 }
 
 
@@ -136,11 +136,16 @@ def _bn_forward(lib, x, weight, bias, running_mean, running_var, momentum: float
     """Batch statistics of x (updating the running ones as ``F.batch_norm`` does) and the float32 scale/shift
     (mean32, a, b) of y = max((x - mean32)·a + b, 0); returns (mean, mean32, invstd, a, b)."""
     n, c, h, w = x.shape
-    m = n * h * w
-    s1 = torch.empty(c, dtype=torch.float64)
-    s2 = torch.empty(c, dtype=torch.float64)
+    stats = torch.empty(2, c, dtype=torch.float64)
     shift = x[0, :, 0, 0].float().contiguous()  # the kernel sums x - shift (against cancellation)
-    _call(lib.bn_relu_stats, _ptr(x), m, c, _ptr(shift), _ptr(s1), _ptr(s2), int(x.dtype == torch.bfloat16))
+    bf16 = int(x.dtype == torch.bfloat16)
+    _call(lib.bn_relu_stats, _ptr(x), n * h * w, c, _ptr(shift), _ptr(stats[0]), _ptr(stats[1]), bf16)
+    return _bn_from_stats(stats, shift, n * h * w, weight, bias, running_mean, running_var, momentum, eps)
+
+
+def _bn_from_stats(stats, shift, m: int, weight, bias, running_mean, running_var, momentum: float, eps: float):
+    """:func:`_bn_forward` from the sums stats [2, C] of x - shift and (x - shift)² over m values per channel"""
+    s1, s2 = stats
     d = s1 / m
     mean = shift.double() + d
     var = (s2 / m - d * d).clamp_min(0)
@@ -162,9 +167,9 @@ def _bn_grad_sums(lib, g, x, mean32, a, b) -> torch.Tensor:
     return sums
 
 
-def _bn_backward(lib, g, x, weight, mean, mean32, invstd, a, b, sums):
-    """dL/dx, dL/dγ, dL/dβ of y = relu(batch_norm(x)) from g = dL/dy (masked or not) and the gradient sums
-    (sg, sgx) = (Σ m·g, Σ m·g·(x - mean32)) (m: the ReLU mask; :func:`_bn_grad_sums`)."""
+def _bn_grad_coefficients(x, weight, mean, mean32, invstd, sums):
+    """(p, q, r) of dL/dx = p·m·g + q·(x - mean32) + r for y = relu(batch_norm(x)) and g = dL/dy, from the gradient
+    sums (sg, sgx) = (Σ m·g, Σ m·g·(x - mean32)) (m: the ReLU mask; :func:`_bn_grad_sums`); and dL/dγ, dL/dβ."""
     n, c, h, w = x.shape
     m = n * h * w
     sg, sgx = sums
@@ -173,13 +178,29 @@ def _bn_backward(lib, g, x, weight, mean, mean32, invstd, a, b, sums):
     p = weight.detach().double() * invstd
     q = -p * invstd * grad_weight / m
     r = -p * sg / m
-    p, q, r = p.float(), q.float(), r.float()
+    return (p.float(), q.float(), r.float()), grad_weight.to(weight.dtype), sg.to(weight.dtype)
+
+
+def _bn_backward(lib, g, x, weight, mean, mean32, invstd, a, b, sums):
+    """dL/dx, dL/dγ, dL/dβ of y = relu(batch_norm(x)) from g = dL/dy (masked or not) and the gradient sums
+    (:func:`_bn_grad_coefficients`)."""
+    n, c, h, w = x.shape
+    m = n * h * w
+    (p, q, r), grad_weight, grad_bias = _bn_grad_coefficients(x, weight, mean, mean32, invstd, sums)
     gx = torch.empty_like(x, memory_format=torch.channels_last)
     big = int(x.nbytes > STREAM_BYTES)
     bf16 = int(x.dtype == torch.bfloat16)
     args = (_ptr(g), _ptr(x), _ptr(gx), m, c, _ptr(mean32), _ptr(a), _ptr(b), _ptr(p), _ptr(q), _ptr(r), big, bf16)
     _call(lib.bn_relu_grad_apply, *args)
-    return gx, grad_weight.to(weight.dtype), sg.to(weight.dtype)
+    return gx, grad_weight, grad_bias
+
+
+def _bn_relu_apply(lib, x, mean32, a, b):
+    n, c, h, w = x.shape
+    y = torch.empty_like(x, memory_format=torch.channels_last)
+    big, bf16 = int(x.nbytes > STREAM_BYTES), int(x.dtype == torch.bfloat16)  # bf16: computed in float32
+    _call(lib.bn_relu_apply, _ptr(x), _ptr(y), n * h * w, c, _ptr(mean32), _ptr(a), _ptr(b), big, bf16)
+    return y
 
 
 class BatchNormReLU(torch.autograd.Function):
@@ -190,9 +211,7 @@ class BatchNormReLU(torch.autograd.Function):
         lib = load()
         mean, mean32, invstd, a, b = _bn_forward(lib, x, weight, bias, running_mean, running_var, momentum, eps)
         n, c, h, w = x.shape
-        y = torch.empty_like(x, memory_format=torch.channels_last)
-        big, bf16 = int(x.nbytes > STREAM_BYTES), int(x.dtype == torch.bfloat16)  # bf16: computed in float32
-        _call(lib.bn_relu_apply, _ptr(x), _ptr(y), n * h * w, c, _ptr(mean32), _ptr(a), _ptr(b), big, bf16)
+        y = _bn_relu_apply(lib, x, mean32, a, b)
         ctx.save_for_backward(x, weight, mean, mean32, invstd, a, b)
         return y
 
@@ -218,8 +237,7 @@ def _fast_input(x: torch.Tensor, dtypes: tuple[torch.dtype, ...] = (torch.float3
     )
 
 
-def applies(bn: nn.Module, x: torch.Tensor) -> bool:
-    """Whether the fused kernel can stand in for ``relu(bn(x))`` here (see the module docstring)."""
+def _bn_module_applies(bn: nn.Module) -> bool:
     return (
         type(bn) is nn.BatchNorm2d
         and bn.training
@@ -227,6 +245,13 @@ def applies(bn: nn.Module, x: torch.Tensor) -> bool:
         and bn.track_running_stats
         and bn.momentum is not None
         and bn.weight.dtype == torch.float32
+    )
+
+
+def applies(bn: nn.Module, x: torch.Tensor) -> bool:
+    """Whether the fused kernel can stand in for ``relu(bn(x))`` here (see the module docstring)."""
+    return (
+        _bn_module_applies(bn)
         and x.shape[0] * x.shape[2] * x.shape[3] > 1
         and _fast_input(x, (torch.float32, torch.bfloat16))  # bf16: a map from a convolution under autocast
     )
@@ -269,31 +294,39 @@ def pointwise_applies(conv: nn.Module, x: torch.Tensor) -> bool:
     )
 
 
-def _depthwise_forward(lib, x, weight, stride: int, bn=(None, None, None)):
-    """3×3 depthwise convolution of x (or, bn = (mean32, a, b), of max((x - mean32)·a + b, 0)); returns (y, taps)"""
+def _out_size(size: int, stride: int) -> int:
+    return (size - 1) // stride + 1  # 3×3, padding 1
+
+
+def _depthwise_forward(lib, x, weight, stride: int, bn=(None, None, None), stats=None):
+    """3×3 depthwise convolution of x (or, bn = (mean32, a, b), of max((x - mean32)·a + b, 0)); returns (y, taps).
+    With stats = (shift [C] float32, sums [2, C] float64): also y's batch statistics, as :func:`_bn_forward` sums
+    them (shift: y's first pixel, written by the kernel)."""
     n, c, h, w = x.shape
-    oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
+    oh, ow = _out_size(h, stride), _out_size(w, stride)
     taps = weight.detach().reshape(c, 9).t().contiguous()  # [9, C]: a tap's channels are contiguous
     y = torch.empty(n, c, oh, ow, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-    _call(lib.dw3x3_forward, _ptr(x), *map(_ptr, bn), _ptr(taps), _ptr(y), n, h, w, c, oh, ow, stride)
+    shift, sums = stats or (None, None)
+    args = (_ptr(x), *map(_ptr, bn), _ptr(taps), _ptr(y), n, h, w, c, oh, ow, stride, _ptr(shift), _ptr(sums))
+    _call(lib.dw3x3_forward, *args)
     return y, taps
 
 
-def _depthwise_grad_weight(lib, gy, x, taps, stride: int, bn=(None, None, None)):
+def _depthwise_backward(
+    lib, gy, x, taps, stride: int, grads=(True, True), bn=(None, None, None), sums=None, bn_grad=(None,) * 7
+):
+    """(dL/dx, dL/dw) of :func:`_depthwise_forward` in one pass over gy (grads: which of the two; None for the
+    other). With bn, the input is the batch norm + ReLU a of x: dL/da in place of dL/dx, and that batch norm's
+    gradient sums into sums [2, C] unless sums is None. With bn_grad = (y, mean32, a, b, p, q, r), gy is dL/dz of
+    z = relu(batch_norm(y)) of this convolution's output y, and the kernel reads dL/dy = p·m·gy + q·(y - mean32) + r
+    (:func:`_bn_grad_coefficients`) in place of a stored map."""
     n, c, h, w = x.shape
-    sums = torch.empty(9, c, dtype=torch.float64)
-    args = (_ptr(gy), _ptr(x), *map(_ptr, bn), _ptr(sums), n, h, w, c, *gy.shape[2:], stride)
-    _call(lib.dw3x3_grad_weight, *args)
-    return sums.t().reshape(c, 1, 3, 3).to(taps.dtype)
-
-
-def _depthwise_grad_input(lib, gy, x, taps, stride: int, bn=(None, None, None), sums=None):
-    """dL/dx (with bn: dL/da of the batch norm + ReLU a of x, and that batch norm's gradient sums into sums [2, C])"""
-    n, c, h, w = x.shape
-    gx = torch.empty_like(x, memory_format=torch.channels_last)
+    gx = torch.empty_like(x, memory_format=torch.channels_last) if grads[0] else None
+    gw = torch.empty(9, c, dtype=torch.float64) if grads[1] else None
     shape = (n, h, w, c, *gy.shape[2:], stride)
-    _call(lib.dw3x3_grad_input, _ptr(gy), _ptr(taps), _ptr(gx), *shape, _ptr(x), *map(_ptr, bn), _ptr(sums))
-    return gx
+    args = (_ptr(gy), _ptr(x), _ptr(taps), _ptr(gx), _ptr(gw), *shape, *map(_ptr, bn), _ptr(sums), *map(_ptr, bn_grad))
+    _call(lib.dw3x3_backward, *args)
+    return gx, None if gw is None else gw.t().reshape(c, 1, 3, 3).to(taps.dtype)
 
 
 class DepthwiseConv3x3(torch.autograd.Function):
@@ -312,8 +345,7 @@ class DepthwiseConv3x3(torch.autograd.Function):
         lib = load()
         x, taps = ctx.saved_tensors
         gy = gy.contiguous(memory_format=torch.channels_last)
-        gx = _depthwise_grad_input(lib, gy, x, taps, ctx.stride) if ctx.needs_input_grad[0] else None
-        gw = _depthwise_grad_weight(lib, gy, x, taps, ctx.stride) if ctx.needs_input_grad[1] else None
+        gx, gw = _depthwise_backward(lib, gy, x, taps, ctx.stride, ctx.needs_input_grad[:2])
         return gx, gw, None
 
 
@@ -346,6 +378,18 @@ class PointwiseConv(torch.autograd.Function):
         return gx, gw
 
 
+def _depthwise_backward_through_bn(lib, gy, x, taps, stride: int, need_gw: bool, mean32, a, b, bn_grad=(None,) * 7):
+    """(dL/da, dL/dw, the batch norm's gradient sums) for a depthwise convolution of a = relu(batch_norm(x))"""
+    bn = (mean32, a, b)
+    if x.nbytes > SUMS_IN_PLACE_BYTES:  # the batch norm's gradient sums from each row of dL/da as it is written
+        sums = torch.empty(2, x.shape[1], dtype=torch.float64)
+        ga, gw = _depthwise_backward(lib, gy, x, taps, stride, (True, need_gw), bn, sums, bn_grad)
+    else:  # a map the caches hold: a separate pass is faster
+        ga, gw = _depthwise_backward(lib, gy, x, taps, stride, (True, need_gw), bn, None, bn_grad)
+        sums = _bn_grad_sums(lib, ga, x, mean32, a, b)
+    return ga, gw, sums
+
+
 class BatchNormReLUDepthwise(torch.autograd.Function):
     """``depthwise(relu(batch_norm(x)))``: one block's batch norm + ReLU read by the next block's depthwise
     convolution as it reads its input, so that the map between them is never stored (forward or backward)."""
@@ -367,16 +411,50 @@ class BatchNormReLUDepthwise(torch.autograd.Function):
         lib = load()
         x, bn_weight, mean, mean32, invstd, a, b, taps = ctx.saved_tensors
         gy = gy.contiguous(memory_format=torch.channels_last)
-        bn = (mean32, a, b)
-        gw = _depthwise_grad_weight(lib, gy, x, taps, ctx.stride, bn) if ctx.needs_input_grad[7] else None
-        if x.nbytes > SUMS_IN_PLACE_BYTES:  # the batch norm's gradient sums from each row of dL/da as it is written
-            sums = torch.empty(2, x.shape[1], dtype=torch.float64)
-            ga = _depthwise_grad_input(lib, gy, x, taps, ctx.stride, bn, sums)
-        else:  # a map the caches hold: a separate pass is faster
-            ga = _depthwise_grad_input(lib, gy, x, taps, ctx.stride)
-            sums = _bn_grad_sums(lib, ga, x, mean32, a, b)
+        need_gw = ctx.needs_input_grad[7]
+        ga, gw, sums = _depthwise_backward_through_bn(lib, gy, x, taps, ctx.stride, need_gw, mean32, a, b)
         gx, g_bn_weight, g_bn_bias = _bn_backward(lib, ga, x, bn_weight, mean, mean32, invstd, a, b, sums)
         return gx, g_bn_weight, g_bn_bias, None, None, None, None, gw, None
+
+
+class DepthwiseBlock(torch.autograd.Function):
+    """``relu(bn2(depthwise(relu(bn1(x)))))``: :class:`BatchNormReLUDepthwise` followed by the depthwise block's own
+    batch norm + ReLU, whose batch statistics the depthwise kernel sums from each output row as it writes it, and
+    whose backward the depthwise gradient kernels compute row by row as they read dL/dy (never stored)."""
+
+    @staticmethod
+    def forward(ctx, x, bn1_weight, bn1_bias, rm1, rv1, momentum1: float, eps1: float, weight, stride: int,
+                bn2_weight, bn2_bias, rm2, rv2, momentum2: float, eps2: float):  # fmt: skip
+        lib = load()
+        mean1, mean1_32, invstd1, a1, b1 = _bn_forward(lib, x, bn1_weight, bn1_bias, rm1, rv1, momentum1, eps1)
+        c = x.shape[1]
+        shift, stats = torch.empty(c), torch.empty(2, c, dtype=torch.float64)
+        y, taps = _depthwise_forward(lib, x, weight, stride, (mean1_32, a1, b1), (shift, stats))
+        m = y.shape[0] * y.shape[2] * y.shape[3]
+        bn2 = (bn2_weight, bn2_bias, rm2, rv2, momentum2, eps2)
+        mean2, mean2_32, invstd2, a2, b2 = _bn_from_stats(stats, shift, m, *bn2)
+        z = _bn_relu_apply(lib, y, mean2_32, a2, b2)
+        ctx.save_for_backward(x, bn1_weight, mean1, mean1_32, invstd1, a1, b1, taps, y, bn2_weight, mean2, mean2_32,
+                              invstd2, a2, b2)  # fmt: skip
+        ctx.stride = stride
+        return z
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gz):
+        lib = load()
+        x, bn1_weight, mean1, mean1_32, invstd1, a1, b1, taps, y, bn2_weight, mean2, mean2_32, invstd2, a2, b2 = (
+            ctx.saved_tensors
+        )
+        gz = gz.contiguous(memory_format=torch.channels_last)
+        sums2 = _bn_grad_sums(lib, gz, y, mean2_32, a2, b2)
+        pqr, g_bn2_weight, g_bn2_bias = _bn_grad_coefficients(y, bn2_weight, mean2, mean2_32, invstd2, sums2)
+        bn_grad = (y, mean2_32, a2, b2, *pqr)
+        need_gw = ctx.needs_input_grad[7]
+        ga, gw, sums1 = _depthwise_backward_through_bn(lib, gz, x, taps, ctx.stride, need_gw, mean1_32, a1, b1, bn_grad)
+        gx, g_bn1_weight, g_bn1_bias = _bn_backward(lib, ga, x, bn1_weight, mean1, mean1_32, invstd1, a1, b1, sums1)
+        none4 = (None,) * 4
+        return gx, g_bn1_weight, g_bn1_bias, *none4, gw, None, g_bn2_weight, g_bn2_bias, *none4
 
 
 def _count_batch(bn: nn.BatchNorm2d) -> None:
@@ -402,6 +480,15 @@ def batch_norm_relu_depthwise(bn: nn.BatchNorm2d, conv: nn.Conv2d, x: torch.Tens
     _count_batch(bn)
     args = (x, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.momentum, bn.eps, conv.weight, conv.stride[0])
     return BatchNormReLUDepthwise.apply(*args)
+
+
+def depthwise_block(bn1: nn.BatchNorm2d, conv: nn.Conv2d, bn2: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """``relu(bn2(conv(relu(bn1(x)))))`` without storing ``relu(bn1(x))`` or ``dL/dconv(...)``"""
+    _count_batch(bn1)
+    _count_batch(bn2)
+    args = (x, bn1.weight, bn1.bias, bn1.running_mean, bn1.running_var, bn1.momentum, bn1.eps, conv.weight)
+    args2 = (bn2.weight, bn2.bias, bn2.running_mean, bn2.running_var, bn2.momentum, bn2.eps)
+    return DepthwiseBlock.apply(*args, conv.stride[0], *args2)
 
 
 def _hooked(module: nn.Module) -> bool:
@@ -430,6 +517,18 @@ def _conv(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _bn_relu_fusable(block: nn.Module, y: torch.Tensor) -> bool:
     return isinstance(block.act, nn.ReLU) and applies(block.bn, y) and not (_hooked(block.bn) or _hooked(block.act))
+
+
+def _depthwise_bn_relu_fusable(block: nn.Module, x: torch.Tensor) -> bool:
+    """Whether the kernel can run this depthwise block's batch norm + ReLU on the output of its convolution of x"""
+    n, _, h, w = x.shape
+    stride = block.conv.stride[0]
+    return (
+        isinstance(block.act, nn.ReLU)
+        and _bn_module_applies(block.bn)
+        and n * _out_size(h, stride) * _out_size(w, stride) > 1
+        and not (_hooked(block.bn) or _hooked(block.act))
+    )
 
 
 def _bn_act(block: nn.Module, y: torch.Tensor) -> torch.Tensor:
@@ -466,7 +565,11 @@ def sequential(blocks: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
             and depthwise_applies(nxt.conv, y)
             and not _hooked(nxt.conv)
         ):
-            x, i = _bn_act(nxt, batch_norm_relu_depthwise(block.bn, nxt.conv, y)), i + 2
+            if _depthwise_bn_relu_fusable(nxt, y):
+                x = depthwise_block(block.bn, nxt.conv, nxt.bn, y)
+            else:
+                x = _bn_act(nxt, batch_norm_relu_depthwise(block.bn, nxt.conv, y))
+            i += 2
             continue
         x, i = _bn_act(block, y), i + 1
     return x

@@ -132,6 +132,29 @@ void bn_relu_row_grad_sums(const float *g, const float *x, int64_t n, int64_t C,
     }
 }
 
+/* ... the statistics of one row, in float: s1[c] += x - k, s2[c] += (x - k)^2 (see channel_sums) */
+void bn_stats_row(const float *x, int64_t n, int64_t C, const float *k, float *s1, float *s2) {
+  for (int64_t i = 0; i < n * C; i += C)
+    for (int64_t c = 0; c < C; c += 8) {
+      __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i + c), _mm256_loadu_ps(k + c));
+      _mm256_storeu_ps(s1 + c, _mm256_add_ps(_mm256_loadu_ps(s1 + c), d));
+      _mm256_storeu_ps(s2 + c, _mm256_add_ps(_mm256_loadu_ps(s2 + c), _mm256_mul_ps(d, d)));
+    }
+}
+
+/* ... and one row of dL/dy of a batch norm + ReLU of y from g = dL/d(output): out = m*g*p + (y - mean)*q + r, the
+   values bn_relu_grad_apply writes */
+void bn_relu_grad_row(const float *g, const float *y, float *out, int64_t n, int64_t C, const float *mean,
+                      const float *a, const float *b, const float *p, const float *q, const float *r) {
+  for (int64_t i = 0; i < n * C; i += C)
+    for (int64_t c = 0; c < C; c += 8) {
+      __m256 d = _mm256_sub_ps(_mm256_loadu_ps(y + i + c), _mm256_loadu_ps(mean + c));
+      __m256 gm = relu_masked(pre_relu(d, a, b, c), _mm256_loadu_ps(g + i + c));
+      __m256 v = _mm256_fmadd_ps(gm, _mm256_loadu_ps(p + c), _mm256_fmadd_ps(d, _mm256_loadu_ps(q + c), _mm256_loadu_ps(r + c)));
+      _mm256_storeu_ps(out + i + c, v);
+    }
+}
+
 /* The exported functions return 0, or 1 when memory for their scratch buffers could not be had. */
 
 /* sum[c] = sum of (x - k[c]), sumsq[c] = sum of (x - k[c])^2; k: a shift, the first row in float32 */
