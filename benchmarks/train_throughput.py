@@ -46,7 +46,8 @@ CONFIGS = {
 FUSED = {n for n in CONFIGS if n.startswith("ours-cl-tuned-fused")}
 
 
-def worker(name: str, size: int, batch: int, iters: int, warmup: int) -> dict:
+def build(name: str, size: int, batch: int):
+    """The training step of config ``name`` at this size: a function that runs one step."""
     import torch
 
     torch.set_num_threads(2)
@@ -88,17 +89,64 @@ def worker(name: str, size: int, batch: int, iters: int, warmup: int) -> dict:
         loss.backward()
         opt.step()
 
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
+    return step
+
+
+def timed(step) -> float:
+    t = time.perf_counter()
+    step()
+    return time.perf_counter() - t
+
+
+def peak_rss_mb() -> float:
     import resource
 
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB; the worker's whole life
-    return {"name": name, "size": size, "times": times, "peak_rss_mb": peak_mb}
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB; the worker's whole life
+
+
+def worker(name: str, size: int, batch: int, iters: int, warmup: int) -> dict:
+    step = build(name, size, batch)
+    for _ in range(warmup):
+        step()
+    times = [timed(step) for _ in range(iters)]
+    return {"name": name, "size": size, "times": times, "peak_rss_mb": peak_rss_mb()}
+
+
+def serve(name: str, size: int, batch: int, warmup: int) -> None:
+    """--paired's worker: build and warm up, say "ready", then one step per "step" line read from stdin, printing
+    its time; at end of input, the peak RSS."""
+    step = build(name, size, batch)
+    for _ in range(warmup):
+        step()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() == "step":
+            print(f"{timed(step):.6f}", flush=True)
+    print(json.dumps({"peak_rss_mb": peak_rss_mb()}), flush=True)
+
+
+def paired(configs: list[str], size: int, batch: int, steps: int, warmup: int) -> dict[str, dict]:
+    """One live worker process per config (each with its own settings, e.g. malloc tuning), stepped in turn — the
+    order reversed every step — so that each config's i-th step runs within seconds of the others' on a host
+    whose speed drifts; returns each config's step times and peak RSS."""
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}  # the waiting workers' OpenMP threads sleep, not spin
+    procs = {}
+    for name in configs:
+        cmd = [sys.executable, __file__, "--serve", name, "--size", str(size), "--batch", str(batch)]
+        cmd += ["--warmup", str(warmup)]
+        procs[name] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        assert procs[name].stdout.readline().strip() == "ready", f"{name} did not start"
+    times = {name: [] for name in configs}
+    for i in range(steps):
+        for name in configs if i % 2 == 0 else configs[::-1]:
+            procs[name].stdin.write("step\n")
+            procs[name].stdin.flush()
+            times[name].append(float(procs[name].stdout.readline()))
+    out = {}
+    for name, proc in procs.items():
+        rest, _ = proc.communicate("")
+        out[name] = {"times": times[name], **json.loads(rest.strip().splitlines()[-1])}
+    return out
 
 
 def main() -> None:
@@ -110,16 +158,48 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--out", default="benchmarks/results/train_throughput")
+    p.add_argument(
+        "--paired",
+        type=int,
+        metavar="STEPS",
+        help="instead of rounds: all configs alive at once, stepped in turn for STEPS steps each; the ratio to timm "
+        "is the median of the per-step ratios",
+    )
     p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--serve", help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.size, args.batch, args.iters, args.warmup)))
         return
+    if args.serve:
+        serve(args.serve, args.size, args.batch, args.warmup)
+        return
     import timm
     import torch
 
     load_before = os.getloadavg()
+    if args.paired:
+        rows = []
+        for size in args.sizes:
+            got = paired(args.configs, size, args.batch, args.paired, args.warmup)
+            rows += paired_rows(got, size, args.batch)
+            print(f"{size}: " + ", ".join(f"{r['config']} {r['images_per_s']:.1f} img/s" for r in rows[-len(got) :]))
+        result = {
+            "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+            "machine": platform.processor() or platform.machine(),
+            "cpu": _cpu_model(),
+            "threads": 2,
+            "torch": torch.__version__,
+            "timm": timm.__version__,
+            "batch": args.batch,
+            "paired_steps": args.paired,
+            "load_before": load_before,
+            "load_after": os.getloadavg(),
+            "rows": rows,
+        }
+        write_results(args.out, result, paired_markdown(result))
+        return
     rounds: dict[tuple[str, int], list[float]] = {}
     peaks: dict[tuple[str, int], list[float]] = {}
     for r in range(args.rounds):
@@ -173,6 +253,56 @@ def main() -> None:
         "rows": rows,
     }
     write_results(args.out, result, markdown(result))
+
+
+def _quartiles(values: list[float]) -> list[float]:
+    q = statistics.quantiles(values, n=4)
+    return [q[0], q[2]]
+
+
+def paired_rows(got: dict[str, dict], size: int, batch: int) -> list[dict]:
+    """Per config: median images/s over its steps, their quartiles, and against the untuned timm config (if one
+    ran) the median and quartiles of the per-step ratios (timm's i-th step time / this config's)."""
+    timm_times = next((g["times"] for n, g in got.items() if CONFIGS[n][0] == "timm" and not CONFIGS[n][4]), None)
+    rows = []
+    for name, g in got.items():
+        ips = [batch / t for t in g["times"]]
+        row = {
+            "config": name,
+            "size": size,
+            "median_step_s": statistics.median(g["times"]),
+            "images_per_s": statistics.median(ips),
+            "quartiles_images_per_s": _quartiles(ips),
+            "peak_rss_mb": g["peak_rss_mb"],
+            "step_times_s": g["times"],
+        }
+        if timm_times:
+            ratios = [a / b for a, b in zip(timm_times, g["times"])]
+            row |= {"paired_ratio_median": statistics.median(ratios), "paired_ratio_quartiles": _quartiles(ratios)}
+        rows.append(row)
+    return rows
+
+
+def paired_markdown(result: dict) -> str:
+    lines = [
+        f"`{result['command']}` — {result['cpu']}, {result['threads']} threads, torch {result['torch']}, "
+        f"timm {result['timm']}, batch {result['batch']}, {result['paired_steps']} paired steps per config, load "
+        f"{result['load_before'][0]:.2f} → {result['load_after'][0]:.2f}",
+        "",
+        "| size | config | img/s (median) | quartiles | × timm, median of per-step ratios (quartiles) | peak RSS MB |",
+        "|---:|---|---:|---|---|---:|",
+    ]
+    for r in result["rows"]:
+        lo, hi = r["quartiles_images_per_s"]
+        ratio = "—"
+        if "paired_ratio_median" in r:
+            qlo, qhi = r["paired_ratio_quartiles"]
+            ratio = f"{r['paired_ratio_median']:.2f} ({qlo:.2f}–{qhi:.2f})"
+        lines.append(
+            f"| {r['size']} | {r['config']} | {r['images_per_s']:.1f} | {lo:.1f}–{hi:.1f} | {ratio} | "
+            f"{r['peak_rss_mb']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def write_results(out: str, result: dict, table: str) -> None:

@@ -6,9 +6,11 @@ their Mult-Adds (BENCHMARKS.md, "where the step's time goes"). Two kernels:
 
 - ``csrc/bn_relu.c``: batch norm with batch statistics fused with ReLU, two passes forward and two backward, on
   float32 maps or the bfloat16 ones convolutions give under bf16 autocast;
-- ``csrc/depthwise.c``: the 3×3 depthwise convolution (padding 1, stride 1 or 2) and both its gradients, float32;
-  it can also read the previous block's batch norm + ReLU in place of that block's output map, computing it row by
-  row as it reads (and that batch norm's gradient sums as it writes dL/da), so the map is never stored.
+- ``csrc/depthwise.c``: the 3×3 depthwise convolution (padding 1, stride 1 or 2), and both its gradients in one
+  pass, float32. It can read the previous block's batch norm + ReLU in place of that block's output map, computing
+  it row by row as it reads (and that batch norm's gradient sums as it writes dL/da), so the map is never stored;
+  and it can take on its own block's batch norm: summing its statistics from each output row as it writes it, and
+  in the backward computing dL/dy through that batch norm + ReLU row by row from dL/dz, so dL/dy is never stored.
 
 The 1×1 convolutions keep oneDNN's forward and input gradient but take their weight gradient from one
 ``torch.mm`` on the channels-last view where that measured faster (:class:`PointwiseConv`).
@@ -18,7 +20,8 @@ a channels-last CPU tensor with a multiple of 8 channels; a plain ``nn.BatchNorm
 followed by ReLU; an ``nn.Conv2d`` of that depthwise shape outside autocast — and PyTorch's own operators
 everywhere else (evaluation, GPUs, SyncBatchNorm, TF 'SAME' padding, hooked modules, ``torch.compile``).
 :func:`sequential` (the model's training forward) hands each marked block's batch norm + ReLU to the depthwise
-block after it (:class:`BatchNormReLUDepthwise`): one map fewer written and read per pair, and kept for backward.
+block after it, together with that block's own (:class:`DepthwiseBlock`; :class:`BatchNormReLUDepthwise` where
+only the first may): per depthwise layer, two maps fewer written and read, and one pass fewer over its output.
 Results match PyTorch's to float rounding (``tests/test_fused.py``: against float64 references, about as close
 as PyTorch's own float32 and bf16 operators).
 
