@@ -57,6 +57,7 @@ SUMS_IN_PLACE_BYTES = 32 << 20  # maps above this get batch-norm gradient sums i
 MM_WEIGHT_MIN_CHANNELS = 128  # 1×1 convolutions with this many input channels or more: weight gradient by torch.mm
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SHAPE = [_I64, _I64, _I64, _I64, _I64, _I64, _INT]  # N, H, W, C, OH, OW, stride
+_F64 = ctypes.c_double
 _BN = [_P, _P, _P]  # mean, a, b of a batch norm + ReLU read in place of its output (NULL: none)
 _BN_GRAD = [_P] * 7  # y, mean, a, b, p, q, r: dL/dy through the next batch norm + ReLU of y (NULL: none)
 _SIGNATURES = {  # the C functions' arguments (csrc/*.c)
@@ -64,6 +65,8 @@ _SIGNATURES = {  # the C functions' arguments (csrc/*.c)
     "bn_relu_apply": [_P, _P, _I64, _I64, _P, _P, _P, _INT, _INT],
     "bn_relu_grad_sums": [_P, _P, _I64, _I64, _P, _P, _P, _P, _P, _INT],
     "bn_relu_grad_apply": [_P, _P, _P, _I64, _I64, _P, _P, _P, _P, _P, _P, _INT, _INT],
+    "bn_finish_stats": [_P, _P, _P, _I64, _F64, _P, _P, _P, _F64, _F64, _P, _P, _P, _P],
+    "bn_grad_coefficients": [_P, _P, _P, _P, _P, _P, _I64, _F64, _P, _P, _P, _P, _P],
     "dw3x3_forward": [_P, *_BN, _P, _P, *_SHAPE, _P, _P],  # x, BN, taps, y, shape, y's shift and statistics
     "dw3x3_backward": [_P, _P, _P, _P, _P, *_SHAPE, *_BN, _P, *_BN_GRAD],  # gy, x, taps, gx, gw, shape, BN, its sums
 }
@@ -130,6 +133,10 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+def _ptr_or_value(v):
+    return v.data_ptr() if isinstance(v, torch.Tensor) else v
+
+
 def _call(fn, *args) -> None:
     if fn(*args) != 0:
         raise MemoryError(f"{fn.__name__}: no memory for the kernel's scratch buffers")
@@ -147,18 +154,17 @@ def _bn_forward(lib, x, weight, bias, running_mean, running_var, momentum: float
 
 
 def _bn_from_stats(stats, shift, m: int, weight, bias, running_mean, running_var, momentum: float, eps: float):
-    """:func:`_bn_forward` from the sums stats [2, C] of x - shift and (x - shift)² over m values per channel"""
-    s1, s2 = stats
-    d = s1 / m
-    mean = shift.double() + d
-    var = (s2 / m - d * d).clamp_min(0)
-    invstd = (var + eps).rsqrt()
-    with torch.no_grad():  # as F.batch_norm: unbiased variance into the running estimate
-        running_mean.lerp_(mean.to(running_mean.dtype), momentum)
-        running_var.lerp_((var * (m / max(m - 1, 1))).to(running_var.dtype), momentum)
+    """:func:`_bn_forward` from the sums stats [2, C] of x - shift and (x - shift)² over m values per channel
+    (``bn_finish_stats``: F.batch_norm's unbiased variance into the running estimate)"""
+    c = stats.shape[1]
+    mean_invstd = torch.empty(2, c, dtype=torch.float64)
+    mean32_a = torch.empty(2, c)
+    out = (mean_invstd[0], mean_invstd[1], mean32_a[0], mean32_a[1])
+    with torch.no_grad():  # running_mean and running_var are updated in place, as F.batch_norm does
+        args = (stats[0], stats[1], shift, c, float(m), weight, running_mean, running_var)
+        _call(load().bn_finish_stats, *map(_ptr_or_value, args), float(momentum), float(eps), *map(_ptr, out))
     # the backward pass re-derives the ReLU mask from the same float32 values
-    a = (weight.detach().double() * invstd).float()
-    return mean, mean.float(), invstd, a, bias.detach().float().contiguous()
+    return mean_invstd[0], mean32_a[0], mean_invstd[1], mean32_a[1], bias.detach().float().contiguous()
 
 
 def _bn_grad_sums(lib, g, x, mean32, a, b) -> torch.Tensor:
@@ -172,16 +178,13 @@ def _bn_grad_sums(lib, g, x, mean32, a, b) -> torch.Tensor:
 
 def _bn_grad_coefficients(x, weight, mean, mean32, invstd, sums):
     """(p, q, r) of dL/dx = p·m·g + q·(x - mean32) + r for y = relu(batch_norm(x)) and g = dL/dy, from the gradient
-    sums (sg, sgx) = (Σ m·g, Σ m·g·(x - mean32)) (m: the ReLU mask; :func:`_bn_grad_sums`); and dL/dγ, dL/dβ."""
+    sums (sg, sgx) = (Σ m·g, Σ m·g·(x - mean32)) (m: the ReLU mask; :func:`_bn_grad_sums`); and dL/dγ, dL/dβ
+    (``bn_grad_coefficients``)."""
     n, c, h, w = x.shape
-    m = n * h * w
-    sg, sgx = sums
-    # x̂ = (x - mean)·invstd. dL/dx = γ·invstd·(g - Σg/m - x̂·Σ(g·x̂)/m) = p·g + q·(x - mean32) + r
-    grad_weight = invstd * (sgx + (mean32 - mean) * sg)  # Σ g·x̂, with the float32 mean's rounding taken out
-    p = weight.detach().double() * invstd
-    q = -p * invstd * grad_weight / m
-    r = -p * sg / m
-    return (p.float(), q.float(), r.float()), grad_weight.to(weight.dtype), sg.to(weight.dtype)
+    pqr, grad_weight, grad_bias = torch.empty(3, c), torch.empty(c), torch.empty(c)  # gradients: not views
+    args = (sums[0], sums[1], mean, mean32, invstd, weight.detach(), c, float(n * h * w), *pqr, grad_weight, grad_bias)
+    _call(load().bn_grad_coefficients, *map(_ptr_or_value, args))
+    return (pqr[0], pqr[1], pqr[2]), grad_weight, grad_bias
 
 
 def _bn_backward(lib, g, x, weight, mean, mean32, invstd, a, b, sums):
@@ -247,7 +250,9 @@ def _bn_module_applies(bn: nn.Module) -> bool:
         and bn.affine
         and bn.track_running_stats
         and bn.momentum is not None
-        and bn.weight.dtype == torch.float32
+        and bn.weight.dtype == bn.running_mean.dtype == bn.running_var.dtype == torch.float32
+        and bn.running_mean.is_contiguous()  # updated in place by bn_finish_stats
+        and bn.running_var.is_contiguous()
     )
 
 

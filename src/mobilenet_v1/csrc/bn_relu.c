@@ -8,6 +8,7 @@
    written with streaming stores. Built and loaded by mobilenet_v1/fused.py; threads are OpenMP's, the
    same libgomp instance PyTorch uses. */
 #include <immintrin.h>
+#include <math.h>
 #include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -156,6 +157,51 @@ void bn_relu_grad_row(const float *g, const float *y, float *out, int64_t n, int
 }
 
 /* The exported functions return 0, or 1 when memory for their scratch buffers could not be had. */
+
+/* torch.lerp's float formula: start + w*(end - start), or end - (end - start)*(1 - w) for w >= 0.5 */
+static float lerp(float start, float end, float w) {
+  return w < 0.5f ? start + w * (end - start) : end - (end - start) * (1.0f - w);
+}
+
+/* Batch statistics from the sums s1, s2 of x - k and (x - k)^2 over m values per channel (bn_relu_stats), as
+   F.batch_norm takes them in training: mean, invstd = 1/sqrt(var + eps) (biased var, double), the running
+   estimates moved by `momentum` towards mean and the unbiased var (in place, float32), and the float32 mean32 and
+   scale a = weight*invstd of the kernels. Per channel: a loop here, not a dozen tensor operations. */
+int bn_finish_stats(const double *s1, const double *s2, const float *k, int64_t C, double m, const float *weight,
+                    float *running_mean, float *running_var, double momentum, double eps, double *mean,
+                    double *invstd, float *mean32, float *a) {
+  double unbias = m / (m - 1 > 1 ? m - 1 : 1);
+  for (int64_t c = 0; c < C; c++) {
+    double d = s1[c] / m, var = s2[c] / m - d * d;
+    if (var < 0) var = 0;
+    mean[c] = (double)k[c] + d;
+    invstd[c] = 1.0 / sqrt(var + eps);
+    running_mean[c] = lerp(running_mean[c], (float)mean[c], (float)momentum);
+    running_var[c] = lerp(running_var[c], (float)(var * unbias), (float)momentum);
+    mean32[c] = (float)mean[c];
+    a[c] = (float)((double)weight[c] * invstd[c]);
+  }
+  return 0;
+}
+
+/* The backward's per-channel coefficients, from the gradient sums sg = sum of m*g, sgx = sum of m*g*(x - mean32)
+   (bn_relu_grad_sums): dL/dx = p*m*g + q*(x - mean32) + r (bn_relu_grad_apply), dL/dweight = sum of g*xhat
+   (the float32 mean's rounding taken out), dL/dbias = sg. With xhat = (x - mean)*invstd,
+   dL/dx = weight*invstd*(g - sum(g)/m - xhat*sum(g*xhat)/m). */
+int bn_grad_coefficients(const double *sg, const double *sgx, const double *mean, const float *mean32,
+                         const double *invstd, const float *weight, int64_t C, double m, float *p, float *q, float *r,
+                         float *grad_weight, float *grad_bias) {
+  for (int64_t c = 0; c < C; c++) {
+    double gw = invstd[c] * (sgx[c] + ((double)mean32[c] - mean[c]) * sg[c]);
+    double pc = (double)weight[c] * invstd[c];
+    p[c] = (float)pc;
+    q[c] = (float)(-pc * invstd[c] * gw / m);
+    r[c] = (float)(-pc * sg[c] / m);
+    grad_weight[c] = (float)gw;
+    grad_bias[c] = (float)sg[c];
+  }
+  return 0;
+}
 
 /* sum[c] = sum of (x - k[c]), sumsq[c] = sum of (x - k[c])^2; k: a shift, the first row in float32 */
 int bn_relu_stats(const void *x, int64_t M, int64_t C, const float *k, double *sum, double *sumsq, int bf16) {
