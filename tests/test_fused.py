@@ -74,6 +74,26 @@ def test_matches_batch_norm_then_relu(shape, offset):
 
 
 @needs_kernel
+@pytest.mark.parametrize("momentum", [0.1, 0.7])  # torch.lerp's two formulas: weight below 0.5 and from 0.5 up
+def test_running_statistics_and_gradients_as_batch_norm_keeps_them(momentum):
+    """The running estimates (updated per channel in C, ``bn_finish_stats``) as ``F.batch_norm`` moves them, to
+    float32 rounding, for several steps; parameter gradients are tensors of their own (not views of a shared
+    buffer: optimizers and DDP's buckets take ``.grad`` as it is)."""
+    torch.manual_seed(7)
+    ref_bn, bn = _pair(16)
+    ref_bn.momentum = bn.momentum = momentum
+    for _ in range(3):
+        x = (torch.randn(4, 16, 5, 6) * 3 + 1).contiguous(memory_format=torch.channels_last)
+        fused.batch_norm_relu(bn, x).sum().backward()
+        F.relu(ref_bn(x)).sum().backward()
+    torch.testing.assert_close(bn.running_mean, ref_bn.running_mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(bn.running_var, ref_bn.running_var, rtol=1e-6, atol=1e-6)
+    assert bn.num_batches_tracked.item() == 3
+    for param in (bn.weight, bn.bias):
+        assert param.grad._base is None and param.grad.shape == param.shape
+
+
+@needs_kernel
 @pytest.mark.parametrize("shape", [(4, 32, 17, 9), (8, 72, 64, 64)])
 def test_bfloat16_maps_as_under_autocast(shape):
     """bf16 maps (what a convolution gives under bf16 autocast) with float32 BN parameters: bf16 output and
