@@ -175,9 +175,6 @@ def main() -> None:
     if args.serve:
         serve(args.serve, args.size, args.batch, args.warmup)
         return
-    import timm
-    import torch
-
     load_before = os.getloadavg()
     if args.paired:
         rows = []
@@ -185,19 +182,7 @@ def main() -> None:
             got = paired(args.configs, size, args.batch, args.paired, args.warmup)
             rows += paired_rows(got, size, args.batch)
             print(f"{size}: " + ", ".join(f"{r['config']} {r['images_per_s']:.1f} img/s" for r in rows[-len(got) :]))
-        result = {
-            "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-            "machine": platform.processor() or platform.machine(),
-            "cpu": _cpu_model(),
-            "threads": 2,
-            "torch": torch.__version__,
-            "timm": timm.__version__,
-            "batch": args.batch,
-            "paired_steps": args.paired,
-            "load_before": load_before,
-            "load_after": os.getloadavg(),
-            "rows": rows,
-        }
+        result = {**run_info(args.batch, load_before), "paired_steps": args.paired, "rows": rows}
         write_results(args.out, result, paired_markdown(result))
         return
     rounds: dict[tuple[str, int], list[float]] = {}
@@ -238,21 +223,26 @@ def main() -> None:
                 "peak_rss_mb": statistics.median(peaks[(name, size)]),
             }
         )
-    result = {
+    result = {**run_info(args.batch, load_before), "rounds": args.rounds, "iters_per_round": args.iters, "rows": rows}
+    write_results(args.out, result, markdown(result))
+
+
+def run_info(batch: int, load_before) -> dict:
+    """The command, machine, versions and load of this run"""
+    import timm
+    import torch
+
+    return {
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
         "machine": platform.processor() or platform.machine(),
         "cpu": _cpu_model(),
         "threads": 2,
         "torch": torch.__version__,
         "timm": timm.__version__,
-        "batch": args.batch,
-        "rounds": args.rounds,
-        "iters_per_round": args.iters,
+        "batch": batch,
         "load_before": load_before,
         "load_after": os.getloadavg(),
-        "rows": rows,
     }
-    write_results(args.out, result, markdown(result))
 
 
 def _quartiles(values: list[float]) -> list[float]:
