@@ -6,6 +6,11 @@ Each configuration runs in its own process with 2 threads (BENCHMARKING.md); rou
 (A B C …, then … C B A). A step is forward + cross-entropy + backward + SGD(momentum) step on a fixed
 random batch, timed after warm-up (which includes torch.compile's compilation). Reported: median of the
 round medians, the spread (min–max of round medians), and images/s = batch / median step time.
+
+``--paired STEPS`` instead keeps every configuration's process alive at once and steps them in turn (order
+reversed every step), so that the i-th steps of all configurations run within seconds of each other; the ratio
+to timm is the median of the per-step ratios, with quartiles. On a host whose speed drifts (a shared VM) this
+keeps the drift out of the ratio, which per-round medians from separate processes do not.
 """
 
 from __future__ import annotations
