@@ -348,6 +348,7 @@ def test_depthwise_first_layer_without_input_gradient():
     (got,) = torch.autograd.grad(fused.depthwise(conv, x).sum(), conv.weight)
     (expected,) = torch.autograd.grad(conv(x).sum(), conv.weight)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert got.stride() == conv.weight.stride()  # as autograd.grad callers and DDP's buckets expect
 
 
 def test_depthwise_applies_only_to_its_shape():
@@ -414,6 +415,17 @@ def test_applies_only_where_it_can_stand_in():
     assert not fused.applies(nn.SyncBatchNorm(16).train(), x)
     assert fused.applies(bn.train(), x.bfloat16())  # a convolution's output under bf16 autocast
     assert not fused.applies(bn, x.half())
+    # parameters the C code would read or write past (raw pointers, one value per channel): PyTorch's operators
+    # run instead and raise their own error
+    assert not fused.applies(nn.BatchNorm2d(8).train(), x)  # 8 features for 16 channels
+    short = nn.BatchNorm2d(16).train()
+    short.running_mean = torch.zeros(32)[:8]  # a view of a larger buffer
+    assert not fused.applies(short, x)
+    with pytest.raises(RuntimeError, match="running_mean"):
+        fused.batch_norm_relu(short, x) if fused.applies(short, x) else F.relu(short(x))
+    strided = nn.BatchNorm2d(16).train()
+    strided.weight = nn.Parameter(torch.rand(32)[::2])  # not contiguous
+    assert not fused.applies(strided, x)
 
 
 @needs_kernel

@@ -243,23 +243,31 @@ def _fast_input(x: torch.Tensor, dtypes: tuple[torch.dtype, ...] = (torch.float3
     )
 
 
-def _bn_module_applies(bn: nn.Module) -> bool:
-    return (
+def _bn_module_applies(bn: nn.Module, channels: int) -> bool:
+    """A training ``nn.BatchNorm2d`` of ``channels`` whose parameters and running statistics the C code may read and
+    update through raw pointers: float32, on the CPU, one value per channel in contiguous memory (a mismatch is left
+    to PyTorch's operators, which raise their own error)."""
+    if not (
         type(bn) is nn.BatchNorm2d
         and bn.training
         and bn.affine
         and bn.track_running_stats
         and bn.momentum is not None
-        and bn.weight.dtype == bn.running_mean.dtype == bn.running_var.dtype == torch.float32
-        and bn.running_mean.is_contiguous()  # updated in place by bn_finish_stats
-        and bn.running_var.is_contiguous()
+        and bn.num_features == channels
+    ):
+        return False
+    tensors = (bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    return all(
+        t.dtype == torch.float32 and t.device.type == "cpu" and t.shape == (channels,) and t.is_contiguous()
+        for t in tensors
     )
 
 
 def applies(bn: nn.Module, x: torch.Tensor) -> bool:
     """Whether the fused kernel can stand in for ``relu(bn(x))`` here (see the module docstring)."""
     return (
-        _bn_module_applies(bn)
+        x.dim() == 4
+        and _bn_module_applies(bn, x.shape[1])
         and x.shape[0] * x.shape[2] * x.shape[3] > 1
         and _fast_input(x, (torch.float32, torch.bfloat16))  # bf16: a map from a convolution under autocast
     )
@@ -309,7 +317,7 @@ def _out_size(size: int, stride: int) -> int:
 def _depthwise_forward(lib, x, weight, stride: int, bn=(None, None, None), stats=None):
     """3×3 depthwise convolution of x (or, bn = (mean32, a, b), of max((x - mean32)·a + b, 0)); returns (y, taps).
     With stats = (shift [C] float32, sums [2, C] float64): also y's batch statistics, as :func:`_bn_forward` sums
-    them (shift: y's first pixel, written by the kernel)."""
+    them (shift: the mean of the first image's middle output row, written by the kernel)."""
     n, c, h, w = x.shape
     oh, ow = _out_size(h, stride), _out_size(w, stride)
     taps = weight.detach().reshape(c, 9).t().contiguous()  # [9, C]: a tap's channels are contiguous
@@ -334,7 +342,7 @@ def _depthwise_backward(
     shape = (n, h, w, c, *gy.shape[2:], stride)
     args = (_ptr(gy), _ptr(x), _ptr(taps), _ptr(gx), _ptr(gw), *shape, *map(_ptr, bn), _ptr(sums), *map(_ptr, bn_grad))
     _call(lib.dw3x3_backward, *args)
-    return gx, None if gw is None else gw.t().reshape(c, 1, 3, 3).to(taps.dtype)
+    return gx, None if gw is None else gw.t().contiguous().reshape(c, 1, 3, 3).to(taps.dtype)  # the weight's strides
 
 
 class DepthwiseConv3x3(torch.autograd.Function):
@@ -533,7 +541,7 @@ def _depthwise_bn_relu_fusable(block: nn.Module, x: torch.Tensor) -> bool:
     stride = block.conv.stride[0]
     return (
         isinstance(block.act, nn.ReLU)
-        and _bn_module_applies(block.bn)
+        and _bn_module_applies(block.bn, x.shape[1])
         and n * _out_size(h, stride) * _out_size(w, stride) > 1
         and not (_hooked(block.bn) or _hooked(block.act))
     )
