@@ -197,6 +197,60 @@ def test_pointwise_matches_conv2d(c_in, wants):
         assert _error(g, e) <= max(2 * _error(p, e), 1e-6 * e.abs().max().item()), (i, _error(g, e), _error(p, e))
 
 
+@needs_kernel
+@pytest.mark.parametrize(
+    ("c_in", "c_out", "size", "stride"),
+    [
+        (3, 32, (9, 9), 2),
+        (3, 32, (8, 11), 2),
+        (3, 32, (7, 10), 2),  # even width at stride 2 (224 → 112): the last column's right tap is inside
+        (1, 8, (5, 5), 1),
+        (3, 64, (7, 6), 1),
+        (1, 24, (1, 1), 2),
+        (3, 40, (2, 3), 2),
+    ],
+)
+@pytest.mark.parametrize("input_grad", [False, True])  # the stem's input is data; any other use may want dL/dx
+def test_stem_convolution_matches_conv2d(c_in, c_out, size, stride, input_grad):
+    """The stem's 3×3 convolution (few input channels): output and gradients against ``F.conv2d`` in float64, odd
+    and even sizes, 1×1 maps, output channels past the kernel's 32-channel blocks; at most twice PyTorch's float32
+    error (or 1e-6 of the scale); the weight gradient with the weight's strides."""
+    torch.manual_seed(8)
+    x = torch.randn(3, c_in, *size).contiguous(memory_format=torch.channels_last).requires_grad_(input_grad)
+    conv = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False).to(memory_format=torch.channels_last)
+    assert fused.conv3x3_applies(conv, x)
+    inputs = [x, conv.weight] if input_grad else [conv.weight]
+    inputs64 = [t.detach().double().requires_grad_() for t in (x, conv.weight)]
+    exact = F.conv2d(*inputs64, stride=stride, padding=1)
+    ref, out = conv(x), fused.conv3x3(conv, x)
+    assert out.shape == ref.shape
+    grad = torch.randn_like(ref)
+    got = (out, *torch.autograd.grad(out, inputs, grad))
+    pytorch = (ref, *torch.autograd.grad(ref, inputs, grad))
+    exacts = (exact, *torch.autograd.grad(exact, inputs64 if input_grad else inputs64[1:], grad.double()))
+    for i, (g, p, e) in enumerate(zip(got, pytorch, exacts, strict=True)):
+        assert _error(g, e) <= max(2 * _error(p, e), 1e-6 * e.abs().max().item()), (i, _error(g, e), _error(p, e))
+    assert got[-1].stride() == conv.weight.stride()
+
+
+def test_stem_convolution_applies_only_to_its_shape():
+    x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
+    assert fused.conv3x3_applies(stem, x)
+    assert not fused.conv3x3_applies(stem, x.contiguous())  # NCHW (3 channels: not channels-last contiguous)
+    assert not fused.conv3x3_applies(stem, x.double())
+    assert not fused.conv3x3_applies(nn.Conv2d(3, 32, 3, 2, 1), x)  # bias
+    assert not fused.conv3x3_applies(nn.Conv2d(3, 30, 3, 2, 1, bias=False), x)  # 30 output channels
+    assert not fused.conv3x3_applies(nn.Conv2d(3, 32, 3, 3, 1, bias=False), x)  # stride 3
+    assert not fused.conv3x3_applies(nn.Conv2d(3, 32, 3, 2, 0, bias=False), x)  # no padding (TF 'SAME' is a subclass)
+    assert not fused.conv3x3_applies(nn.Conv2d(3, 32, 3, 2, 2, dilation=2, bias=False), x)
+    assert not fused.conv3x3_applies(nn.Conv2d(3, 32, 3, 2, 1, bias=False, padding_mode="reflect"), x)
+    wide = torch.randn(2, 8, 8, 8).contiguous(memory_format=torch.channels_last)
+    assert not fused.conv3x3_applies(nn.Conv2d(8, 32, 3, 2, 1, bias=False), wide)  # many input channels: oneDNN
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not fused.conv3x3_applies(stem, x)
+
+
 def test_pointwise_applies_only_to_its_shape():
     x = torch.randn(2, 16, 8, 8).contiguous(memory_format=torch.channels_last)
     pw = nn.Conv2d(16, 32, 1, bias=False)
@@ -450,6 +504,8 @@ def test_a_training_step_matches_the_unfused_model(monkeypatch):
     monkeypatch.setattr(fused, "batch_norm_relu_depthwise", pair)
     block = lambda bn1, conv, bn2, x: block_calls.append((bn1, conv, bn2)) or real_block(bn1, conv, bn2, x)  # noqa: E731
     monkeypatch.setattr(fused, "depthwise_block", block)
+    stem_calls, real_stem = [], fused.conv3x3
+    monkeypatch.setattr(fused, "conv3x3", lambda conv, x: stem_calls.append(conv) or real_stem(conv, x))
     x = torch.randn(8, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (8,))
     exact = copy.deepcopy(ref).double()
@@ -470,6 +526,7 @@ def test_a_training_step_matches_the_unfused_model(monkeypatch):
     assert [id(c) for c in pw_calls] == list(map(id, pointwise)) and len(pointwise) == 13
     assert 0 < sum(c.in_channels >= fused.MM_WEIGHT_MIN_CHANNELS for c in pointwise) < 13  # both gradient paths
     assert [id(b) for b in calls] == [id(blocks[-1].bn)]
+    assert stem_calls == [blocks[0].conv]  # the stem's weight gradient by conv3x3.c
     assert losses[1] == pytest.approx(losses[2], rel=1e-5)
     # against the float64 model: per tensor within 5× PyTorch's float32 error (or 1e-3 of the tensor's scale);
     # over all tensors, at least as close as PyTorch's (measured: the kernel's error is 0.4× PyTorch's, median)
@@ -562,7 +619,14 @@ def test_compiled_training_step_steps_around_the_kernels(monkeypatch):
     model = copy.deepcopy(ref)
     fused.enable(model)
     kernel_calls = []
-    for name in ("batch_norm_relu", "depthwise", "batch_norm_relu_depthwise", "depthwise_block", "pointwise"):
+    for name in (
+        "batch_norm_relu",
+        "depthwise",
+        "batch_norm_relu_depthwise",
+        "depthwise_block",
+        "pointwise",
+        "conv3x3",
+    ):
         monkeypatch.setattr(fused, name, lambda *a, name=name: kernel_calls.append(name))
     x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (4,))

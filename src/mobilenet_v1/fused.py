@@ -13,7 +13,8 @@ their Mult-Adds (BENCHMARKS.md, "where the step's time goes"). Two kernels:
   in the backward computing dL/dy through that batch norm + ReLU row by row from dL/dz, so dL/dy is never stored.
 
 The 1×1 convolutions keep oneDNN's forward and input gradient but take their weight gradient from one
-``torch.mm`` on the channels-last view where that measured faster (:class:`PointwiseConv`).
+``torch.mm`` on the channels-last view where that measured faster (:class:`PointwiseConv`); the stem's 3×3
+convolution (3 or 1 input channels) takes its weight gradient from ``csrc/conv3x3.c`` (:class:`Conv3x3`).
 
 :func:`enable` marks a model's ``ConvBNAct`` blocks; in training mode each then uses a kernel where it applies —
 a channels-last CPU tensor with a multiple of 8 channels; a plain ``nn.BatchNorm2d`` tracking running statistics
@@ -51,10 +52,11 @@ from torch.nn.modules import module as _module_hooks  # the global module hooks
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("bn_relu.c", "depthwise.c")
+SOURCES = ("bn_relu.c", "depthwise.c", "conv3x3.c")
 STREAM_BYTES = 8 << 20  # maps above this are written with streaming stores (they leave the caches anyway)
 SUMS_IN_PLACE_BYTES = 32 << 20  # maps above this get batch-norm gradient sums inside the depthwise kernel
 MM_WEIGHT_MIN_CHANNELS = 128  # 1×1 convolutions with this many input channels or more: weight gradient by torch.mm
+STEM_MAX_CHANNELS = 4  # dense 3×3 convolutions with at most this many input channels: weight gradient by conv3x3.c
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SHAPE = [_I64, _I64, _I64, _I64, _I64, _I64, _INT]  # N, H, W, C, OH, OW, stride
 _F64 = ctypes.c_double
@@ -68,6 +70,7 @@ _SIGNATURES = {  # the C functions' arguments (csrc/*.c)
     "bn_finish_stats": [_P, _P, _P, _I64, _F64, _P, _P, _P, _F64, _F64, _P, _P, _P, _P],
     "bn_grad_coefficients": [_P, _P, _P, _P, _P, _P, _I64, _F64, _P, _P, _P, _P, _P],
     "dw3x3_forward": [_P, *_BN, _P, _P, *_SHAPE, _P, _P],  # x, BN, taps, y, shape, y's shift and statistics
+    "conv3x3_grad_weight": [_P, _P, _P, *[_I64] * 7, _INT],  # gy, x, gw, N, H, W, C_in, C_out, OH, OW, stride
     "dw3x3_backward": [_P, _P, _P, _P, _P, *_SHAPE, *_BN, _P, *_BN_GRAD],  # gy, x, taps, gx, gw, shape, BN, its sums
 }
 
@@ -314,6 +317,68 @@ def _out_size(size: int, stride: int) -> int:
     return (size - 1) // stride + 1  # 3×3, padding 1
 
 
+def conv3x3_applies(conv: nn.Module, x: torch.Tensor) -> bool:
+    """Whether :class:`Conv3x3` can stand in for ``conv(x)``: the stem's shape — a bias-free dense 3×3 ``nn.Conv2d``
+    with at most :data:`STEM_MAX_CHANNELS` input channels and a multiple of 8 output channels, padding 1 with zeros,
+    stride 1 or 2, on a channels-last float32 CPU map outside autocast."""
+    return (
+        type(conv) is nn.Conv2d
+        and conv.groups == 1
+        and conv.in_channels <= STEM_MAX_CHANNELS
+        and conv.out_channels % 8 == 0
+        and conv.kernel_size == (3, 3)
+        and conv.padding == (1, 1)
+        and conv.stride in ((1, 1), (2, 2))
+        and conv.dilation == (1, 1)
+        and conv.padding_mode == "zeros"
+        and conv.bias is None
+        and conv.weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x.dim() == 4
+        and x.numel() > 0
+        and x.shape[1] == conv.in_channels
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not torch.compiler.is_compiling()
+    )
+
+
+class Conv3x3(torch.autograd.Function):
+    """``F.conv2d(x, weight, stride=stride, padding=1)`` for the stem's few input channels: oneDNN's forward (and input
+    gradient, when one is wanted), the weight gradient by ``conv3x3_grad_weight`` (oneDNN's backward-weights runs
+    this reduction at ~16 GFLOP/s; BENCHMARKS.md, session 12)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, stride: int):
+        ctx.save_for_backward(x, weight)
+        ctx.stride = stride
+        return torch.nn.functional.conv2d(x, weight, stride=stride, padding=1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy):
+        x, weight = ctx.saved_tensors
+        gy = gy.contiguous(memory_format=torch.channels_last)
+        s = ctx.stride
+        gx = gw = None
+        if ctx.needs_input_grad[0]:
+            args = (None, [s, s], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False])
+            gx = torch.ops.aten.convolution_backward(gy, x, weight, *args)[0]
+        if ctx.needs_input_grad[1]:
+            n, ci, h, w = x.shape
+            co, oh, ow = gy.shape[1:]
+            sums = torch.empty(3, 3, ci, co, dtype=torch.float64)
+            _call(load().conv3x3_grad_weight, _ptr(gy), _ptr(x), _ptr(sums), n, h, w, ci, co, oh, ow, s)
+            gw = torch.empty_like(weight)  # the weight's own strides, as DDP's gradient buckets expect
+            gw.copy_(sums.permute(3, 2, 0, 1))
+        return gx, gw, None
+
+
+def conv3x3(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    return Conv3x3.apply(x, conv.weight, conv.stride[0])
+
+
 def _depthwise_forward(lib, x, weight, stride: int, bn=(None, None, None), stats=None):
     """3×3 depthwise convolution of x (or, bn = (mean32, a, b), of max((x - mean32)·a + b, 0)); returns (y, taps).
     With stats = (shift [C] float32, sums [2, C] float64): also y's batch statistics, as :func:`_bn_forward` sums
@@ -528,6 +593,8 @@ def _conv(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return depthwise(block.conv, x)
     if pointwise_applies(block.conv, x):
         return pointwise(block.conv, x)
+    if conv3x3_applies(block.conv, x):
+        return conv3x3(block.conv, x)
     return block.conv(x)
 
 
