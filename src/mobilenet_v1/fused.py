@@ -2,7 +2,7 @@
 
 In a CPU training step of MobileNet-V1 a third of the time goes to batch norm and ReLU, which PyTorch runs as
 separate memory-bound passes over every activation map, and the depthwise convolutions take far longer than
-their Mult-Adds (BENCHMARKS.md, "where the step's time goes"). Two kernels:
+their Mult-Adds (BENCHMARKS.md, "where the step's time goes"). Two kernels for them:
 
 - ``csrc/bn_relu.c``: batch norm with batch statistics fused with ReLU, two passes forward and two backward, on
   float32 maps or the bfloat16 ones convolutions give under bf16 autocast;

@@ -1,5 +1,9 @@
-/* Depthwise 3x3 convolution (padding 1, stride 1 or 2), forward and both gradients, for training on x86 CPUs
-   (AVX2 + FMA): channels-last float32 maps, C % 8 == 0, weights tap-major [9][C] (tap = kh*3 + kw).
+/* Depthwise 3x3 convolution (padding 1, stride 1 or 2), forward and both gradients (in one backward pass), for
+   training on x86 CPUs (AVX2 + FMA): channels-last float32 maps, C % 8 == 0, weights tap-major [9][C] (tap = kh*3 +
+   kw). Either side can take on a neighbouring batch norm + ReLU row by row (rows_t): the forward reads the previous
+   block's in place of its input map and sums the next one's statistics from its output rows; the backward reads
+   the previous block's for the weight gradient, sums its gradient sums from the input-gradient rows, and computes
+   dL/dy through the next one from dL/dz as it reads.
 
    Each output vector of 8 channels is its window's 9 fused multiply-adds in registers; rows outside the map
    are read from a zero row, so the interior of every row runs without bounds checks. At MobileNet's training
