@@ -219,7 +219,6 @@ class BatchNormReLU(torch.autograd.Function):
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum: float, eps: float):
         lib = load()
         mean, mean32, invstd, a, b = _bn_forward(lib, x, weight, bias, running_mean, running_var, momentum, eps)
-        n, c, h, w = x.shape
         y = _bn_relu_apply(lib, x, mean32, a, b)
         ctx.save_for_backward(x, weight, mean, mean32, invstd, a, b)
         return y
@@ -234,13 +233,13 @@ class BatchNormReLU(torch.autograd.Function):
         return *_bn_backward(lib, gy, x, weight, mean, mean32, invstd, a, b, sums), None, None, None, None
 
 
-def _fast_input(x: torch.Tensor, dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> bool:
+def _fast_input(x: torch.Tensor, dtypes: tuple[torch.dtype, ...] = (torch.float32,), channel_multiple: int = 8) -> bool:
     return (
         x.device.type == "cpu"
         and x.dtype in dtypes
         and x.dim() == 4
         and x.numel() > 0
-        and x.shape[1] % 8 == 0
+        and x.shape[1] % channel_multiple == 0
         and x.is_contiguous(memory_format=torch.channels_last)
         and not torch.compiler.is_compiling()
     )
@@ -276,7 +275,7 @@ def applies(bn: nn.Module, x: torch.Tensor) -> bool:
     )
 
 
-def _plain_conv(conv: nn.Module, x: torch.Tensor) -> bool:
+def _plain_conv(conv: nn.Module, x: torch.Tensor, channel_multiple: int = 8) -> bool:
     """A bias-free, undilated float32 ``nn.Conv2d`` (not a subclass: TF-'SAME' padding) on a kernel-ready input,
     outside autocast (which would run it in bf16)."""
     return (
@@ -285,7 +284,7 @@ def _plain_conv(conv: nn.Module, x: torch.Tensor) -> bool:
         and conv.bias is None
         and conv.weight.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
-        and _fast_input(x)
+        and _fast_input(x, channel_multiple=channel_multiple)
     )
 
 
@@ -319,28 +318,17 @@ def _out_size(size: int, stride: int) -> int:
 
 def conv3x3_applies(conv: nn.Module, x: torch.Tensor) -> bool:
     """Whether :class:`Conv3x3` can stand in for ``conv(x)``: the stem's shape — a bias-free dense 3×3 ``nn.Conv2d``
-    with at most :data:`STEM_MAX_CHANNELS` input channels and a multiple of 8 output channels, padding 1 with zeros,
-    stride 1 or 2, on a channels-last float32 CPU map outside autocast."""
+    with at most :data:`STEM_MAX_CHANNELS` input channels (any number: the input map needs no multiple of 8) and a
+    multiple of 8 output channels, padding 1 with zeros, stride 1 or 2."""
     return (
-        type(conv) is nn.Conv2d
+        _plain_conv(conv, x, channel_multiple=1)
         and conv.groups == 1
-        and conv.in_channels <= STEM_MAX_CHANNELS
+        and conv.in_channels == x.shape[1] <= STEM_MAX_CHANNELS
         and conv.out_channels % 8 == 0
         and conv.kernel_size == (3, 3)
         and conv.padding == (1, 1)
         and conv.stride in ((1, 1), (2, 2))
-        and conv.dilation == (1, 1)
         and conv.padding_mode == "zeros"
-        and conv.bias is None
-        and conv.weight.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and x.dim() == 4
-        and x.numel() > 0
-        and x.shape[1] == conv.in_channels
-        and x.is_contiguous(memory_format=torch.channels_last)
-        and not torch.compiler.is_compiling()
     )
 
 
@@ -598,19 +586,23 @@ def _conv(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return block.conv(x)
 
 
+def _unhooked_relu(block: nn.Module) -> bool:
+    return isinstance(block.act, nn.ReLU) and not (_hooked(block.bn) or _hooked(block.act))
+
+
 def _bn_relu_fusable(block: nn.Module, y: torch.Tensor) -> bool:
-    return isinstance(block.act, nn.ReLU) and applies(block.bn, y) and not (_hooked(block.bn) or _hooked(block.act))
+    return _unhooked_relu(block) and applies(block.bn, y)
 
 
 def _depthwise_bn_relu_fusable(block: nn.Module, x: torch.Tensor) -> bool:
-    """Whether the kernel can run this depthwise block's batch norm + ReLU on the output of its convolution of x"""
+    """Whether the kernel can run this depthwise block's batch norm + ReLU on the output of its convolution of x (a
+    map the depthwise kernel writes: float32, channels-last, x's channels)"""
     n, _, h, w = x.shape
     stride = block.conv.stride[0]
     return (
-        isinstance(block.act, nn.ReLU)
+        _unhooked_relu(block)
         and _bn_module_applies(block.bn, x.shape[1])
         and n * _out_size(h, stride) * _out_size(w, stride) > 1
-        and not (_hooked(block.bn) or _hooked(block.act))
     )
 
 

@@ -58,6 +58,14 @@ static inline __m256 relu_masked(__m256 pre, __m256 g) {
   return _mm256_and_ps(_mm256_cmp_ps(pre, _mm256_setzero_ps(), _CMP_GT_OQ), g);
 }
 
+/* dL/dx of the batch norm + ReLU from d = x - mean and g = dL/d(output): m*g*p + d*q + r (one definition, so that
+   bn_relu_grad_apply and the depthwise kernels' bn_relu_grad_row give the same values) */
+static inline __m256 grad_value(__m256 d, __m256 g, const float *a, const float *b, const float *p, const float *q,
+                                const float *r, int64_t c) {
+  __m256 gm = relu_masked(pre_relu(d, a, b, c), g);
+  return _mm256_fmadd_ps(gm, _mm256_loadu_ps(p + c), _mm256_fmadd_ps(d, _mm256_loadu_ps(q + c), _mm256_loadu_ps(r + c)));
+}
+
 /* Per-channel sums over all rows, in double, of x - k (k: a per-channel shift, against cancellation).
    mode 0 (statistics): s1 += x - k, s2 += (x - k)^2. mode 1 (gradient, k = the batch mean): with the ReLU mask
    m = ((x - k)*a + b > 0), s1 += m*g, s2 += m*g*(x - k). */
@@ -150,9 +158,7 @@ void bn_relu_grad_row(const float *g, const float *y, float *out, int64_t n, int
   for (int64_t i = 0; i < n * C; i += C)
     for (int64_t c = 0; c < C; c += 8) {
       __m256 d = _mm256_sub_ps(_mm256_loadu_ps(y + i + c), _mm256_loadu_ps(mean + c));
-      __m256 gm = relu_masked(pre_relu(d, a, b, c), _mm256_loadu_ps(g + i + c));
-      __m256 v = _mm256_fmadd_ps(gm, _mm256_loadu_ps(p + c), _mm256_fmadd_ps(d, _mm256_loadu_ps(q + c), _mm256_loadu_ps(r + c)));
-      _mm256_storeu_ps(out + i + c, v);
+      _mm256_storeu_ps(out + i + c, grad_value(d, _mm256_loadu_ps(g + i + c), a, b, p, q, r, c));
     }
 }
 
@@ -240,9 +246,7 @@ int bn_relu_grad_apply(const void *g, const void *x, void *gx, int64_t M, int64_
   for (int64_t row = 0; row < M; row++)
     for (int64_t c = 0; c < C; c += 8) {
       __m256 d = _mm256_sub_ps(load8(x, row * C + c, bf16), _mm256_loadu_ps(mean + c));
-      __m256 gm = relu_masked(pre_relu(d, a, b, c), load8(g, row * C + c, bf16));
-      __m256 v = _mm256_fmadd_ps(gm, _mm256_loadu_ps(p + c), _mm256_fmadd_ps(d, _mm256_loadu_ps(q + c), _mm256_loadu_ps(r + c)));
-      store8(gx, row * C + c, v, bf16, stream);
+      store8(gx, row * C + c, grad_value(d, load8(g, row * C + c, bf16), a, b, p, q, r, c), bf16, stream);
     }
     _mm_sfence(); /* each thread orders its own streaming stores */
   }

@@ -128,21 +128,21 @@ static void scratch_free(scratch_t *sc) {
   free(sc->part);
 }
 
-/* Thread t's float block joins its double totals and starts again from zero */
-static void sums_flush(const scratch_t *sc, int t, int64_t C) {
-  float *f = sc->f + (size_t)t * sc->k * C;
-  double *p = sc->part + (size_t)t * sc->k * C;
-  for (int64_t i = 0; i < sc->k * C; i++) {
+/* Values [from, from + n) of thread t's float block join its double totals, and start again from zero */
+static void sums_flush(const scratch_t *sc, int t, int64_t C, int64_t from, int64_t n) {
+  float *f = sc->f + (size_t)t * sc->k * C + from;
+  double *p = sc->part + (size_t)t * sc->k * C + from;
+  for (int64_t i = 0; i < n; i++) {
     p[i] += f[i];
     f[i] = 0.f;
   }
 }
 
-/* out[k*C] = the threads' totals, added in a fixed order (results do not depend on timing) */
-static void sums_total(const scratch_t *sc, int64_t C, double *out) {
-  for (int64_t i = 0; i < sc->k * C; i++) out[i] = 0.0;
+/* out[n] = the threads' totals of values [from, from + n), added in a fixed order (results do not depend on timing) */
+static void sums_total(const scratch_t *sc, int64_t C, int64_t from, int64_t n, double *out) {
+  for (int64_t i = 0; i < n; i++) out[i] = 0.0;
   for (int t = 0; t < sc->nt; t++)
-    for (int64_t i = 0; i < sc->k * C; i++) out[i] += sc->part[(size_t)t * sc->k * C + i];
+    for (int64_t i = 0; i < n; i++) out[i] += sc->part[(size_t)t * sc->k * C + from + i];
 }
 
 /* Rows [first, last) of `rows` for thread t of T */
@@ -210,11 +210,11 @@ int dw3x3_forward(const float *x, const float *mean, const float *a, const float
       conv_row(&in, row, OH, OW, W, C, s, w, yr);
       if (stats) {
         bn_stats_row(yr, OW, C, shift, f, f + C);
-        sums_flush(&sc, t, C);
+        sums_flush(&sc, t, C, 0, 2 * C);
       }
     }
   }
-  if (stats) sums_total(&sc, C, stats);
+  if (stats) sums_total(&sc, C, 0, 2 * C, stats);
   scratch_free(&sc);
   return 0;
 }
@@ -315,7 +315,6 @@ int dw3x3_backward(const float *gy, const float *x, const float *w, float *gx, d
   {
     THREAD_ROWS(N * OH)
     float *f = sc.f ? sc.f + (size_t)t * k * C : NULL; /* gw's current block of rows, then epi's row, in float */
-    double *part = sc.part ? sc.part + (size_t)t * k * C : NULL;
     int64_t flush_rows = OW >= FLUSH_TERMS || OW < 1 ? 1 : FLUSH_TERMS / OW; /* one row at least */
     rows_t in = rows_of(x, pro, NULL, sc.zero, ring_of(sc.ring, t, W, C), H, W, C);
     rows_t grad = rows_of(gy, NULL, gpro, sc.zero, ring_of(sc.ring2, t, OW, C), OH, OW, C);
@@ -331,13 +330,10 @@ int dw3x3_backward(const float *gy, const float *x, const float *w, float *gx, d
             grad_input_row_s2(row_at(&grad, n, ih / 2), 1, sc.zero, 1, w, o, W, OW, C);
           else /* kh = 0 at gy row (ih + 1)/2 (the zero row past the end), kh = 2 at (ih - 1)/2 */
             grad_input_row_s2(row_at(&grad, n, (ih + 1) / 2), 0, row_at(&grad, n, (ih - 1) / 2), 2, w, o, W, OW, C);
-          if (epi) { /* sums_row on the epi block, which follows gw's */
+          if (epi) { /* into the epi block, which follows gw's */
             float *fe = f + k_gw * C;
             bn_relu_row_grad_sums(o, x + (n * H + ih) * W * C, W, C, epi->mean, epi->a, epi->b, fe, fe + C);
-            for (int64_t i = 0; i < 2 * C; i++) {
-              part[k_gw * C + i] += fe[i];
-              fe[i] = 0.f;
-            }
+            sums_flush(&sc, t, C, k_gw * C, 2 * C);
           }
         }
       }
@@ -345,26 +341,13 @@ int dw3x3_backward(const float *gy, const float *x, const float *w, float *gx, d
         const float *r[3];
         for (int kh = 0; kh < 3; kh++) r[kh] = row_at(&in, n, oh * s + kh - 1);
         grad_weight_row(row_at(&grad, n, oh), r, f, W, C, OW, s);
-        if ((row - first + 1) % flush_rows == 0 || row + 1 == last)
-          for (int64_t i = 0; i < 9 * C; i++) {
-            part[i] += f[i];
-            f[i] = 0.f;
-          }
+        if ((row - first + 1) % flush_rows == 0 || row + 1 == last) sums_flush(&sc, t, C, 0, 9 * C);
       }
     }
   }
   free(reversed);
-  if (k) { /* the threads' totals, added in a fixed order (results do not depend on timing) */
-    double *out = (double *)malloc(sizeof(double) * k * C);
-    if (!out) {
-      scratch_free(&sc);
-      return 1;
-    }
-    sums_total(&sc, C, out);
-    if (gw) memcpy(gw, out, sizeof(double) * 9 * C);
-    if (epi) memcpy(sums, out + k_gw * C, sizeof(double) * 2 * C);
-    free(out);
-  }
+  if (gw) sums_total(&sc, C, 0, 9 * C, gw);
+  if (epi) sums_total(&sc, C, k_gw * C, 2 * C, sums);
   scratch_free(&sc);
   return 0;
 }
