@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import datasets
 
+from .batch_transforms import BatchTransform, NotBatchable
 from .checkpoint import atomic_path
 from .preprocess import IMAGE_SUFFIXES, load_image
 
@@ -59,9 +60,35 @@ def _fashion_mnist_root(src: str | os.PathLike) -> Path:
     return raw.parent.parent
 
 
-def fashion_mnist(root: str | os.PathLike | None, train: bool, transform=None) -> datasets.FashionMNIST:
-    ds = datasets.FashionMNIST(_fashion_mnist_root(root or FASHION_MNIST_DIR), train=train, transform=transform)
+def fashion_mnist(root: str | os.PathLike | None, train: bool, transform=None) -> Dataset:
+    """torchvision's FashionMNIST; with a transform ``BatchTransform`` can run, its in-memory batched form."""
+    ds = datasets.FashionMNIST(_fashion_mnist_root(root or FASHION_MNIST_DIR), train=train)
+    if transform is not None:
+        try:
+            return InMemoryImages(ds.data.unsqueeze(1), ds.targets, ds.classes, BatchTransform(transform))
+        except NotBatchable:
+            ds.transform = transform
     return ds
+
+
+class InMemoryImages(Dataset):
+    """Images held as one (N, C, H, W) uint8 tensor, transformed a batch at a time (batch_transforms.py).
+
+    DataLoader fetches a batch with ``__getitems__``; the samples it returns are those ``__getitem__`` would.
+    """
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, classes: list[str], transform: BatchTransform):
+        self.images, self.targets, self.classes, self.transform = images, targets, list(classes), transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
+        images = self.transform(self.images[indices])
+        return list(zip(images, self.targets[indices].tolist()))
 
 
 class SafeImageFolder(datasets.ImageFolder):

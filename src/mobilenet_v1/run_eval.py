@@ -6,7 +6,7 @@ import torch
 
 from . import data as data_mod
 from .checkpoint import from_pretrained
-from .evaluate import Metrics, evaluate, resolve_precision
+from .evaluate import Metrics, evaluate, for_evaluation, resolve_precision
 from .predict import class_names_of
 from .preprocess import eval_transform
 
@@ -31,10 +31,6 @@ def evaluate_dir(
             f"{model_dir}: model has {len(model_names)} classes but the {dataset} {split} split has {len(names)}"
         )
     loader = data_mod.eval_loader(data_mod.subset(ds, subset, 1), batch_size, workers=workers)
-    return evaluate(
-        model,
-        loader,
-        names,
-        precision=resolve_precision(precision, torch.device("cpu")),
-        label_offset=info.label_offset,
-    )
+    cpu = torch.device("cpu")
+    net, precision = for_evaluation(model, cpu, resolve_precision(precision, cpu))
+    return evaluate(net, loader, names, precision=precision, label_offset=info.label_offset)

@@ -24,7 +24,7 @@ from . import fused, rundir
 from .allocator import keep_freed_memory
 from .checkpoint import WEIGHTS_NAME, Pretrained, read_config, save_weights, write_json
 from .distributed import DistInfo, all_gather_objects, all_sum, average_buffers, barrier, setup, teardown
-from .evaluate import Metrics, autocast, evaluate, resolve_precision
+from .evaluate import Metrics, autocast, evaluate, for_evaluation, resolve_precision
 from .model import MobileNetV1, ModelConfig
 from .preprocess import default_preprocessing, train_transform
 from .recipes import EMA, Recipe, build_optimizer, get_recipe, lr_at
@@ -279,7 +279,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainResult:
         if ema:  # the EMA copied each rank's own statistics; take the averaged ones
             ema.state.update({k: v.detach().float().clone() for k, v in model.state_dict().items() if "running_" in k})
         eval_model.load_state_dict(ema.state if ema else model.state_dict())
-        final = evaluate(eval_model, val_loader, names, info, precision, cfg.channels_last)
+        final = _evaluate(eval_model, val_loader, names, info, precision, cfg.channels_last)
         row = {
             "epoch": epoch + 1,
             "step": step,
@@ -309,7 +309,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainResult:
         barrier(info)
     if final is None:  # resumed a finished run: report its weights
         eval_model.load_state_dict(ema.state if ema else model.state_dict())
-        final = evaluate(eval_model, val_loader, names, info, precision, cfg.channels_last)
+        final = _evaluate(eval_model, val_loader, names, info, precision, cfg.channels_last)
     checksums = all_gather_objects(info, _checksum(model))
     if writer:
         writer.close()
@@ -339,6 +339,11 @@ def _accumulate(net, criterion, x, y, accum: int, info: DistInfo, precision: str
         loss_sum += loss.item() * len(yj)
         correct += (logits.argmax(1) == yj).sum().item()
     return loss_sum, correct
+
+
+def _evaluate(eval_model, val_loader, names, info: DistInfo, precision: str, channels_last: bool) -> Metrics:
+    net, autocast_precision = for_evaluation(eval_model, info.device, precision)
+    return evaluate(net, val_loader, names, info, autocast_precision, channels_last)
 
 
 def _save_epoch(run_dir, cfg, eval_model, info_out, model, optimizer, scaler, ema, epoch, step, best, metrics, history):
