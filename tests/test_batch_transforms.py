@@ -1,10 +1,13 @@
-"""The batched pipeline against torchvision's own per-image pipeline, on real Fashion-MNIST images."""
+"""The batched pipeline against torchvision's own per-image pipeline, on real Fashion-MNIST images; the loaders."""
 
+import pickle
+import platform
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
@@ -107,7 +110,65 @@ def test_the_dataset_serves_batches_and_single_samples_alike(images):
 
 
 def test_the_input_batch_is_left_as_it_was():
-    x = torch.rand(4, 1, 16, 16)
+    x = torch.randint(1, 255, (4, 1, 16, 16), dtype=torch.uint8)
     before = x.clone()
-    out = BatchTransform(v2.Compose([v2.RandomErasing(p=1.0, value=0)]))(x)
+    out = BatchTransform(v2.Compose([v2.ToImage(), v2.RandomErasing(p=1.0, value=0)]))(x)  # ToImage: no copy
     assert torch.equal(x, before) and not torch.equal(out, before)
+
+
+@pytest.mark.parametrize(
+    "transforms,why",
+    [
+        ([v2.Resize(40, interpolation=v2.InterpolationMode.BICUBIC), v2.ToImage()], "before ToImage"),
+        ([v2.Resize(40, antialias=False), v2.ToImage()], "before ToImage"),
+        ([v2.RandomCrop(64, pad_if_needed=True, padding_mode="reflect"), v2.ToImage()], "before ToImage"),
+        ([v2.ToDtype(torch.float32, scale=True), v2.ToImage()], "before ToImage"),
+        ([v2.RandomHorizontalFlip()], "no ToImage"),
+        ([v2.ToImage(), v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True)], "per type"),
+    ],
+)
+def test_pipelines_that_would_differ_from_the_per_image_one_are_refused(transforms, why):
+    with pytest.raises(NotBatchable, match=why):
+        BatchTransform(v2.Compose(transforms))
+
+
+def test_the_native_uint8_resize_is_required(monkeypatch):
+    """Without AVX2/AVX-512 (or ARM) torchvision resizes uint8 in float and rounds: 1/255 off PIL's."""
+    tf = v2.Compose([v2.Resize(40), v2.ToImage()])
+    BatchTransform(tf)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    with pytest.raises(NotBatchable, match="Resize"):
+        BatchTransform(tf)
+
+
+def test_the_dataset_pickles_and_serves_spawned_workers(images):
+    """Worker processes started by spawn (macOS, Windows) or forkserver get the dataset pickled."""
+    ds = data.fashion_mnist(FASHION_MNIST, train=False, transform=_pipeline(32, True, augment=True))
+    clone = pickle.loads(pickle.dumps(ds))
+    torch.manual_seed(3)
+    want = clone.__getitems__([1, 2, 3])
+    torch.manual_seed(3)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(ds.__getitems__([1, 2, 3]), want))
+    loader = torch.utils.data.DataLoader(
+        data.subset(ds, 64), batch_size=32, num_workers=1, multiprocessing_context="spawn",
+        collate_fn=data.collate_skipping,
+    )  # fmt: skip
+    assert [tuple(b.images.shape) for b in loader] == [(32, 1, 32, 32)] * 2
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_epoch_is_the_same_whether_or_not_the_loader_ran_the_epochs_before_it(workers):
+    """What --resume relies on: epoch 1 of an uninterrupted loader equals epoch 1 of a fresh one."""
+    ds = data.subset(data.fashion_mnist(FASHION_MNIST, train=False, transform=_pipeline(32, True, True)), 96)
+
+    def epoch(loader, e):
+        torch.manual_seed(100 + e)  # as the trainer does: with no worker, augmentation draws from this
+        data.start_epoch(loader, seed=5, epoch=e)
+        return [(b.images, b.labels) for b in loader]
+
+    running = data.train_loader(ds, 32, seed=5, rank=0, world=1, workers=workers)
+    first, second = epoch(running, 0), epoch(running, 1)
+    resumed = epoch(data.train_loader(ds, 32, seed=5, rank=0, world=1, workers=workers), 1)
+    assert not torch.equal(first[0][0], second[0][0])
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(second, resumed))

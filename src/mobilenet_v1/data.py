@@ -180,7 +180,9 @@ def train_loader(
 ) -> DataLoader:
     """Shuffled by DistributedSampler even on one process, so 1×2B and 2×B runs see the same global batches.
 
-    ``pin_memory`` (for a GPU) lets the host-to-device copies run asynchronously.
+    ``pin_memory`` (for a GPU) lets the host-to-device copies run asynchronously. Workers are started afresh
+    every epoch, seeded from the loader's generator (see :func:`start_epoch`): persistent workers would carry
+    their random state from one epoch into the next, which a resumed run cannot reproduce.
     """
     sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
     return DataLoader(
@@ -190,10 +192,15 @@ def train_loader(
         num_workers=workers,
         collate_fn=collate_skipping,
         drop_last=True,
-        persistent_workers=workers > 0,
         pin_memory=pin_memory,
         generator=torch.Generator(),
     )
+
+
+def start_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
+    """Sample order and augmentation of an epoch from (seed, epoch) alone, so that a resumed run repeats it."""
+    loader.sampler.set_epoch(epoch)
+    loader.generator.manual_seed(seed * 100_003 + epoch)
 
 
 def eval_loader(

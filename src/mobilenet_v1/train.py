@@ -235,8 +235,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainResult:
     for epoch in range(start_epoch, cfg.epochs):
         # All randomness of an epoch derives from (seed, epoch): resume reproduces it exactly.
         torch.manual_seed(cfg.seed * 100_003 + epoch)
-        train_loader.sampler.set_epoch(epoch)
-        train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)
+        data_mod.start_epoch(train_loader, cfg.seed, epoch)
         net.train()
         if cfg.freeze_features:
             model.features.eval()  # linear probe: BN statistics stay the pretrained ones
