@@ -1,9 +1,9 @@
 """The batched pipeline against torchvision's own per-image pipeline, on real Fashion-MNIST images; the loaders."""
 
 import pickle
-import platform
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -34,9 +34,15 @@ def _per_image(tf: v2.Compose, image: torch.Tensor) -> torch.Tensor:
     return tf(Image.fromarray(image.numpy(), mode="L"))  # what torchvision's FashionMNIST feeds its transform
 
 
-@pytest.mark.parametrize("size,grayscale", [(64, True), (32, False), (96, True), (28, True)])
-def test_one_image_batches_equal_the_per_image_pipeline_random_draws_included(images, size, grayscale):
-    tf = _pipeline(size, grayscale, augment=True)
+@pytest.mark.parametrize(
+    "size,grayscale,preset,augment",
+    [(64, True, "small", True), (32, False, "small", True), (96, True, "small", True), (28, True, "small", True),
+     (50, True, "small", True), (72, False, "small", True), (64, True, "inception", False)],
+)  # fmt: skip
+def test_one_image_batches_equal_the_per_image_pipeline_random_draws_included(images, size, grayscale, preset, augment):
+    """Sizes 50 and 72 (and the inception preset's resize to 73 + centre crop): where torchvision's uint8 tensor
+    resize is 1/255 off PIL's, so the resize must run on PIL images."""
+    tf = _pipeline(size, grayscale, augment=augment, preset=preset)
     batched = BatchTransform(tf)
     for k, image in enumerate(images):
         torch.manual_seed(k)
@@ -119,10 +125,9 @@ def test_the_input_batch_is_left_as_it_was():
 @pytest.mark.parametrize(
     "transforms,why",
     [
-        ([v2.Resize(40, interpolation=v2.InterpolationMode.BICUBIC), v2.ToImage()], "before ToImage"),
-        ([v2.Resize(40, antialias=False), v2.ToImage()], "before ToImage"),
         ([v2.RandomCrop(64, pad_if_needed=True, padding_mode="reflect"), v2.ToImage()], "before ToImage"),
-        ([v2.ToDtype(torch.float32, scale=True), v2.ToImage()], "before ToImage"),
+        ([v2.RandomCrop(32, padding=2, fill=300), v2.ToImage()], "before ToImage"),
+        ([v2.RandomHorizontalFlip(), v2.Grayscale(), v2.ToImage()], "before ToImage"),
         ([v2.RandomHorizontalFlip()], "no ToImage"),
         ([v2.ToImage(), v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True)], "per type"),
     ],
@@ -132,14 +137,23 @@ def test_pipelines_that_would_differ_from_the_per_image_one_are_refused(transfor
         BatchTransform(v2.Compose(transforms))
 
 
-def test_the_native_uint8_resize_is_required(monkeypatch):
-    """Without AVX2/AVX-512 (or ARM) torchvision resizes uint8 in float and rounds: 1/255 off PIL's."""
-    tf = v2.Compose([v2.Resize(40), v2.ToImage()])
-    BatchTransform(tf)
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
-    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
-    with pytest.raises(NotBatchable, match="Resize"):
-        BatchTransform(tf)
+@pytest.mark.parametrize(
+    "transforms",
+    [
+        [v2.Resize(40, interpolation=v2.InterpolationMode.BICUBIC), v2.ToImage()],
+        [v2.Resize(45), v2.RandomHorizontalFlip(), v2.ToImage()],
+        [v2.RGB(), v2.Grayscale(), v2.RandomCrop(28, padding=3, fill=17), v2.ToImage()],
+    ],
+)
+def test_deterministic_steps_before_to_image_run_on_pil_images(images, transforms):
+    """Tensor resizes, and the grayscale of an RGB image, differ from PIL's: these run per image on PIL."""
+    tf = v2.Compose(transforms)
+    batched = BatchTransform(tf)
+    for k, image in enumerate(images[:16]):
+        torch.manual_seed(k)
+        want = _per_image(tf, image)
+        torch.manual_seed(k)
+        assert torch.equal(batched(image[None, None])[0], want), f"image {k}"
 
 
 def test_the_dataset_pickles_and_serves_spawned_workers(images):
@@ -172,3 +186,25 @@ def test_an_epoch_is_the_same_whether_or_not_the_loader_ran_the_epochs_before_it
     resumed = epoch(data.train_loader(ds, 32, seed=5, rank=0, world=1, workers=workers), 1)
     assert not torch.equal(first[0][0], second[0][0])
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(second, resumed))
+
+
+def test_the_resize_is_computed_once_and_kept_in_the_cache(monkeypatch, tmp_path):
+    """The per-image PIL prefix of every image is stored once (.npy, memory-mapped) and read back as computed."""
+    monkeypatch.setenv("MOBILENET_V1_CACHE", str(tmp_path))
+    tf = _pipeline(50, True, augment=True)
+    ds = data.fashion_mnist(FASHION_MNIST, train=False, transform=tf)
+    (cached,) = (tmp_path / "prepared").glob("fashion-mnist-t10k-*.npy")
+    assert ds.prepared.shape == (10_000, 1, 50, 50)
+    for k in (0, 1234, 9999):
+        torch.manual_seed(k)
+        want = _per_image(tf, ds.images[k, 0])
+        torch.manual_seed(k)
+        assert torch.equal(ds[k][0], want), f"image {k}"
+    stamp = cached.stat().st_mtime_ns
+    again = data.fashion_mnist(FASHION_MNIST, train=False, transform=tf)
+    assert cached.stat().st_mtime_ns == stamp and np.array_equal(again.prepared[:100], ds.prepared[:100])
+    data.fashion_mnist(FASHION_MNIST, train=False, transform=_pipeline(32, True, augment=True))
+    assert len(list((tmp_path / "prepared").glob("*.npy"))) == 2  # another size, another file
+    np.save(cached, np.zeros((3, 1, 50, 50), dtype=np.uint8))
+    with pytest.raises(ValueError, match="cached images of shape"):
+        data.fashion_mnist(FASHION_MNIST, train=False, transform=tf)

@@ -3,32 +3,32 @@
 Fashion-MNIST sits in memory as one uint8 tensor, yet the per-image pipeline (PIL image → resize → random crop
 → flip → float → normalise → random erasing) costs ~0.8 ms per 28×28 image, nearly all of it v2's dispatch.
 On a 2-core machine the loader worker doing that took 14% off a 64 px training step (633 vs 546 ms at batch 128,
-Zen 3). ``BatchTransform`` takes the same ``v2.Compose`` and runs it a batch at a time:
-
-- deterministic transforms (resize, dtype, normalise, channel conversion) are called once on the whole batch;
-- random ones draw each image's parameters with their own ``make_params`` (and coin ``torch.rand(1) >= p``, as
-  ``_RandomApplyTransform`` does), in the same order per image, and apply them by slicing.
+Zen 3). ``BatchTransform`` takes the same ``v2.Compose`` and runs it a batch at a time.
 
 The batch stands for what torchvision's FashionMNIST hands its transform: PIL images until ``v2.ToImage``.
-Before it only steps whose tensor form equals their PIL form are taken (geometry with constant padding,
-channel conversion, and the antialiased bilinear resize where torchvision's uint8 kernel reproduces PIL's);
-anything else raises ``NotBatchable`` and the dataset stays per image. For a batch of one image the result is
+- The pipeline's leading deterministic steps (channel conversion, resize, centre crop) run per image on PIL
+  images, as they are: tensor resizes differ from PIL's by 1/255 at most output sizes, and grayscale conversion
+  of an RGB image too.
+- Random steps draw each image's parameters with their own ``make_params`` (and coin ``torch.rand(1) >= p``, as
+  ``_RandomApplyTransform`` does), in the same order per image, and apply them by slicing. Before ``ToImage``
+  only those whose slicing equals PIL are taken: a crop with constant padding by a uint8 value, a flip.
+- The rest (``ToImage``, dtype, normalisation, erasing, …) runs on the whole batch.
+
+Anything else raises ``NotBatchable`` and the dataset stays per image. For a batch of one image the result is
 the per-image pipeline's, random draws included (``tests/test_batch_transforms.py``).
 """
 
 from __future__ import annotations
 
-import platform
 from functools import partial
 
 import torch
+from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-# Transforms with no randomness: called on the batch as they are.
+# Transforms with no randomness: called on the batch as they are (after ToImage), or per PIL image (before).
 _DETERMINISTIC = (v2.Grayscale, v2.RGB, v2.Resize, v2.CenterCrop, v2.ToImage, v2.ToDtype, v2.Normalize)
-# Those whose uint8 tensor form equals their PIL form, so they may come before ToImage.
-_LIKE_PIL = (v2.Grayscale, v2.RGB, v2.Resize, v2.CenterCrop, v2.RandomCrop, v2.RandomHorizontalFlip)
 
 
 class NotBatchable(TypeError):
@@ -40,35 +40,44 @@ class BatchTransform:
         transforms = list(compose.transforms if isinstance(compose, v2.Compose) else [compose])
         if not any(isinstance(t, v2.ToImage) for t in transforms):
             raise NotBatchable("no ToImage: the per-image pipeline would return PIL images")
-        before_image = True
-        for t in transforms:
-            before_image = before_image and not isinstance(t, v2.ToImage)
-            if before_image and not (isinstance(t, _LIKE_PIL) and _like_pil(t)):
-                raise NotBatchable(f"{t!r} before ToImage acts on PIL images differently from tensors")
-        self.steps = [_step(t) for t in transforms]
+        n = 0
+        while isinstance(transforms[n], _DETERMINISTIC) and not isinstance(transforms[n], v2.ToImage):
+            n += 1
+        self.pil_prefix = v2.Compose(transforms[:n]) if n else None
+        rest = transforms[n:]
+        for t in rest[: next(i for i, t in enumerate(rest) if isinstance(t, v2.ToImage))]:
+            if not _slices_like_pil(t):
+                raise NotBatchable(f"{t!r} before ToImage, after a random step, would not act as on PIL images")
+        self.steps = [_step(t) for t in rest]
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) uint8 images → what the pipeline makes of each, stacked; a plain tensor."""
-        x = images
+        return self.after_prefix(self.prefix(images))
+
+    def prefix(self, images: torch.Tensor) -> torch.Tensor:
+        """The leading deterministic steps, per image on PIL images: uint8 in, uint8 out. Its output depends on
+        the image alone, so a dataset may compute it once (data.InMemoryImages)."""
+        if self.pil_prefix is None:
+            return images
+        return torch.stack([F.pil_to_tensor(self.pil_prefix(_pil(image))) for image in images])
+
+    def after_prefix(self, x: torch.Tensor) -> torch.Tensor:
         for step in self.steps:
             x = step(x)
         return x.as_subclass(torch.Tensor)
 
 
-def _like_pil(t) -> bool:
-    if isinstance(t, v2.Resize):
-        # torchvision's own test for its uint8 bilinear kernel (functional._geometry._do_native_uint8_resize_on_cpu),
-        # which reproduces PIL's resize bit for bit; elsewhere it resizes in float and rounds (1/255 off), and
-        # other interpolations differ from PIL's too.
-        native = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or platform.machine() in (
-            "aarch64",
-            "arm64",
-        )
-        bilinear = v2.InterpolationMode(t.interpolation) == v2.InterpolationMode.BILINEAR  # a str in 0.29
-        return bilinear and bool(t.antialias) and native
-    if isinstance(t, v2.RandomCrop):  # reflect/symmetric padding beyond the image: PIL pads, tensors refuse
-        return t.padding_mode == "constant"
-    return True
+def _pil(image: torch.Tensor) -> Image.Image:
+    """What torchvision's MNIST-style datasets make of a stored image (Image.fromarray of the array)."""
+    array = image.numpy()
+    return Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))  # mode L or RGB
+
+
+def _slices_like_pil(t) -> bool:
+    if isinstance(t, v2.RandomHorizontalFlip):
+        return True
+    # constant padding by a uint8 value: PIL pads reflect/symmetric beyond the image and clips other fills
+    return isinstance(t, v2.RandomCrop) and t.padding_mode == "constant" and t.fill in range(256)
 
 
 def _step(t):

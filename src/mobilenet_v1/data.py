@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import PIL
 import torch
+import torchvision
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import datasets
 
@@ -65,9 +69,14 @@ def fashion_mnist(root: str | os.PathLike | None, train: bool, transform=None) -
     ds = datasets.FashionMNIST(_fashion_mnist_root(root or FASHION_MNIST_DIR), train=train)
     if transform is not None:
         try:
-            return InMemoryImages(ds.data.unsqueeze(1), ds.targets, ds.classes, BatchTransform(transform))
+            batched = BatchTransform(transform)
         except NotBatchable:
             ds.transform = transform
+            return ds
+        split = "train" if train else "t10k"
+        stat = (Path(ds.raw_folder) / f"{split}-images-idx3-ubyte").stat()  # what torchvision read the images from
+        source = f"{ds.raw_folder}:{stat.st_size}:{stat.st_mtime_ns}"
+        return InMemoryImages(ds.data.unsqueeze(1), ds.targets, ds.classes, batched, f"fashion-mnist-{split}", source)
     return ds
 
 
@@ -75,10 +84,16 @@ class InMemoryImages(Dataset):
     """Images held as one (N, C, H, W) uint8 tensor, transformed a batch at a time (batch_transforms.py).
 
     DataLoader fetches a batch with ``__getitems__``; the samples it returns are those ``__getitem__`` would.
+    With ``name`` and ``source`` (what identifies the images), the pipeline's deterministic prefix (resize, …),
+    which runs per image on PIL images, is computed once and kept as a .npy file in the cache directory, read
+    through a memory map (shared by the loader's workers, kept across epochs and runs), up to
+    ``PREPARED_MAX_BYTES``.
     """
 
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor, classes: list[str], transform: BatchTransform):
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, classes: list[str], transform: BatchTransform,
+                 name: str | None = None, source: str = ""):  # fmt: skip
         self.images, self.targets, self.classes, self.transform = images, targets, list(classes), transform
+        self.prepared = _prepared(images, transform, name, source) if name else None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -87,8 +102,35 @@ class InMemoryImages(Dataset):
         return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
-        images = self.transform(self.images[indices])
+        if self.prepared is not None:
+            images = self.transform.after_prefix(torch.from_numpy(self.prepared[indices]))
+        else:
+            images = self.transform(self.images[indices])
         return list(zip(images, self.targets[indices].tolist()))
+
+
+PREPARED_MAX_BYTES = 1 << 30  # Fashion-MNIST's 60,000 training images at 64 px take 246 MB, at 128 px 983 MB
+
+
+def _prepared(images: torch.Tensor, transform: BatchTransform, name: str, source: str) -> np.ndarray | None:
+    """``transform.prefix`` of every image, from the cache (computed and written atomically on first use)."""
+    if transform.pil_prefix is None:
+        return None
+    shape = (len(images), *transform.prefix(images[:1]).shape[1:])
+    if math.prod(shape) > PREPARED_MAX_BYTES:
+        return None
+    key = f"{source}|{transform.pil_prefix!r}|{torchvision.__version__}|{PIL.__version__}|{shape}"
+    path = cache_dir() / "prepared" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
+    if not path.is_file():
+        out = np.empty(shape, dtype=np.uint8)
+        for start in range(0, len(images), 1024):
+            out[start : start + 1024] = transform.prefix(images[start : start + 1024]).numpy()
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, out)
+    prepared = np.load(path, mmap_mode="r")  # allow_pickle stays False
+    if prepared.shape != shape or prepared.dtype != np.uint8:
+        raise ValueError(f"{path}: cached images of shape {prepared.shape}, expected {shape}; delete the file")
+    return prepared
 
 
 class SafeImageFolder(datasets.ImageFolder):
