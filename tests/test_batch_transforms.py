@@ -208,3 +208,13 @@ def test_the_resize_is_computed_once_and_kept_in_the_cache(monkeypatch, tmp_path
     np.save(cached, np.zeros((3, 1, 50, 50), dtype=np.uint8))
     with pytest.raises(ValueError, match="cached images of shape"):
         data.fashion_mnist(FASHION_MNIST, train=False, transform=tf)
+
+
+def test_a_cache_that_cannot_be_written_keeps_the_images_in_memory(monkeypatch, tmp_path):
+    monkeypatch.setenv("MOBILENET_V1_CACHE", str(tmp_path))
+    data.fashion_mnist(FASHION_MNIST, train=False)  # unpack the IDX files first
+    (tmp_path / "prepared").write_text("a file where the directory should be")
+    with pytest.warns(UserWarning, match="not written"):
+        ds = data.fashion_mnist(FASHION_MNIST, train=False, transform=_pipeline(50, True, augment=False))
+    want = _per_image(_pipeline(50, True, augment=False), ds.images[7, 0])
+    assert ds.prepared.shape == (10_000, 1, 50, 50) and torch.equal(ds[7][0], want)

@@ -125,8 +125,12 @@ def _prepared(images: torch.Tensor, transform: BatchTransform, name: str, source
         out = np.empty(shape, dtype=np.uint8)
         for start in range(0, len(images), 1024):
             out[start : start + 1024] = transform.prefix(images[start : start + 1024]).numpy()
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.save(f, out)
+        try:
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                np.save(f, out)
+        except OSError as e:  # a read-only or full cache directory: keep the images in memory instead
+            warnings.warn(f"{path}: not written ({e}); the resized images stay in memory", stacklevel=2)
+            return out
     prepared = np.load(path, mmap_mode="r")  # allow_pickle stays False
     if prepared.shape != shape or prepared.dtype != np.uint8:
         raise ValueError(f"{path}: cached images of shape {prepared.shape}, expected {shape}; delete the file")
