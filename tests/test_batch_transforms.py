@@ -177,7 +177,6 @@ def test_an_epoch_is_the_same_whether_or_not_the_loader_ran_the_epochs_before_it
     ds = data.subset(data.fashion_mnist(FASHION_MNIST, train=False, transform=_pipeline(32, True, True)), 96)
 
     def epoch(loader, e):
-        torch.manual_seed(100 + e)  # as the trainer does: with no worker, augmentation draws from this
         data.start_epoch(loader, seed=5, epoch=e)
         return [(b.images, b.labels) for b in loader]
 
@@ -218,3 +217,16 @@ def test_a_cache_that_cannot_be_written_keeps_the_images_in_memory(monkeypatch, 
         ds = data.fashion_mnist(FASHION_MNIST, train=False, transform=_pipeline(50, True, augment=False))
     want = _per_image(_pipeline(50, True, augment=False), ds.images[7, 0])
     assert ds.prepared.shape == (10_000, 1, 50, 50) and torch.equal(ds[7][0], want)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_each_rank_draws_its_own_augmentation(images, workers):
+    """64 copies of one image: two ranks' batches can differ only by their augmentation."""
+    tf = BatchTransform(_pipeline(32, True, augment=True))
+    ds = data.InMemoryImages(images[:1, None].repeat(64, 1, 1, 1), torch.zeros(64, dtype=torch.long), ["x"], tf)
+    batches = []
+    for rank in (0, 1):
+        loader = data.train_loader(ds, 16, seed=5, rank=rank, world=2, workers=workers)
+        data.start_epoch(loader, seed=5, epoch=0, rank=rank)
+        batches.append(next(iter(loader)).images)
+    assert not torch.equal(batches[0], batches[1])

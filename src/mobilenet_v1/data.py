@@ -243,10 +243,13 @@ def train_loader(
     )
 
 
-def start_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
-    """Sample order and augmentation of an epoch from (seed, epoch) alone, so that a resumed run repeats it."""
-    loader.sampler.set_epoch(epoch)
-    loader.generator.manual_seed(seed * 100_003 + epoch)
+def start_epoch(loader: DataLoader, seed: int, epoch: int, rank: int = 0) -> None:
+    """All randomness of an epoch from (seed, epoch, rank) alone: a resumed run repeats it, and each DDP rank
+    draws its own augmentation (rank 0's stream is a single process's)."""
+    epoch_seed = seed * 100_003 + epoch + rank * 1_000_003
+    torch.manual_seed(epoch_seed)  # dropout, and the augmentation of a loader without workers
+    loader.sampler.set_epoch(epoch)  # the sample order, the same on every rank
+    loader.generator.manual_seed(epoch_seed)  # the workers' seeds
 
 
 def eval_loader(

@@ -233,9 +233,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainResult:
     started = time.perf_counter()
     final, lr = None, base_lr
     for epoch in range(start_epoch, cfg.epochs):
-        # All randomness of an epoch derives from (seed, epoch): resume reproduces it exactly.
-        torch.manual_seed(cfg.seed * 100_003 + epoch)
-        data_mod.start_epoch(train_loader, cfg.seed, epoch)
+        # All randomness of an epoch derives from (seed, epoch, rank): resume reproduces it exactly.
+        data_mod.start_epoch(train_loader, cfg.seed, epoch, info.rank)
         net.train()
         if cfg.freeze_features:
             model.features.eval()  # linear probe: BN statistics stay the pretrained ones
