@@ -17,16 +17,15 @@ Three measurements, each alternating its variants round by round (A B, then B A,
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
+import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 from torchvision import datasets
+from train_throughput import _cpu_model, write_results  # benchmarks/ is the script's directory
 
 from mobilenet_v1 import data, fused
 from mobilenet_v1.allocator import keep_freed_memory
@@ -139,7 +138,8 @@ def main() -> None:
     keep_freed_memory()  # as the trainer does
     load = os.getloadavg()[0]
     result = {
-        "machine": platform.processor() or platform.machine(),
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "cpu": _cpu_model(),
         "torch": torch.__version__,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "load_before": load,
@@ -148,13 +148,11 @@ def main() -> None:
         "evaluation_s": evaluation(max(2, args.rounds // 2), args.eval_images),
         "load_after": os.getloadavg()[0],
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     lo, tr, ev = result["loader_ms_per_batch"], result["training"], result["evaluation_s"]
     base = tr["per-image"]["img_s"]
     lines = [
-        f"load {result['load_before']:.2f} → {result['load_after']:.2f}, torch {result['torch']}",
+        f"`{result['command']}` — {result['cpu']}, load {result['load_before']:.2f} → {result['load_after']:.2f}, "
+        f"torch {result['torch']}",
         "",
         "| measurement | per image | batched | ratio |",
         "|---|---:|---:|---:|",
@@ -168,8 +166,7 @@ def main() -> None:
         f"{ev['eager channels_last']:.1f} | {ev['inference path']:.1f} | "
         f"{ev['eager channels_last'] / ev['inference path']:.2f}× (same confusion matrix: {ev['same_confusion']}) |",
     ]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, result, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
