@@ -12,8 +12,9 @@ their Mult-Adds (BENCHMARKS.md, "where the step's time goes"). Two kernels for t
   and it can take on its own block's batch norm: summing its statistics from each output row as it writes it, and
   in the backward computing dL/dy through that batch norm + ReLU row by row from dL/dz, so dL/dy is never stored.
 
-The 1×1 convolutions keep oneDNN's forward and input gradient but take their weight gradient from one
-``torch.mm`` on the channels-last view where that measured faster (:class:`PointwiseConv`); the stem's 3×3
+The 1×1 convolutions keep oneDNN's forward and input gradient but take their weight gradient from
+``csrc/gemm.c``, a blocked matrix product on the channels-last views, faster here than both MKL's ``torch.mm`` and
+oneDNN's backward-weights convolution (:class:`PointwiseConv`); the stem's 3×3
 convolution (3 or 1 input channels) takes its weight gradient from ``csrc/conv3x3.c`` (:class:`Conv3x3`).
 
 :func:`enable` marks a model's ``ConvBNAct`` blocks; in training mode each then uses a kernel where it applies —
@@ -52,10 +53,9 @@ from torch.nn.modules import module as _module_hooks  # the global module hooks
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("bn_relu.c", "depthwise.c", "conv3x3.c")
+SOURCES = ("bn_relu.c", "depthwise.c", "conv3x3.c", "gemm.c")
 STREAM_BYTES = 8 << 20  # maps above this are written with streaming stores (they leave the caches anyway)
 SUMS_IN_PLACE_BYTES = 32 << 20  # maps above this get batch-norm gradient sums inside the depthwise kernel
-MM_WEIGHT_MIN_CHANNELS = 128  # 1×1 convolutions with this many input channels or more: weight gradient by torch.mm
 STEM_MAX_CHANNELS = 4  # dense 3×3 convolutions with at most this many input channels: weight gradient by conv3x3.c
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SHAPE = [_I64, _I64, _I64, _I64, _I64, _I64, _INT]  # N, H, W, C, OH, OW, stride
@@ -71,6 +71,7 @@ _SIGNATURES = {  # the C functions' arguments (csrc/*.c)
     "bn_grad_coefficients": [_P, _P, _P, _P, _P, _P, _I64, _F64, _P, _P, _P, _P, _P],
     "dw3x3_forward": [_P, *_BN, _P, _P, *_SHAPE, _P, _P],  # x, BN, taps, y, shape, y's shift and statistics
     "conv3x3_grad_weight": [_P, _P, _P, *[_I64] * 7, _INT],  # gy, x, gw, N, H, W, C_in, C_out, OH, OW, stride
+    "gemm_at_b": [_P, _I64, _P, _I64, _P, _I64, _I64, _I64],  # A, lda, B, ldb, C, K, M, N: C[M, N] = Aᵀ·B
     "dw3x3_backward": [_P, _P, _P, _P, _P, *_SHAPE, *_BN, _P, *_BN_GRAD],  # gy, x, taps, gx, gw, shape, BN, its sums
 }
 
@@ -419,9 +420,9 @@ class DepthwiseConv3x3(torch.autograd.Function):
 
 
 class PointwiseConv(torch.autograd.Function):
-    """``F.conv2d(x, weight)`` for 1×1 weights [C_out, C_in, 1, 1], with the weight gradient as one matrix product
-    on the channels-last view (dL/dW = dL/dYᵀ·X) where that measured faster than oneDNN's backward-weights
-    convolution: C_in ≥ :data:`MM_WEIGHT_MIN_CHANNELS` (BENCHMARKS.md, session 11)."""
+    """``F.conv2d(x, weight)`` for 1×1 weights [C_out, C_in, 1, 1]: oneDNN's forward and input gradient, the weight
+    gradient as one matrix product dL/dW = dL/dYᵀ·X on the channels-last [N·H·W, C] views by ``gemm_at_b``
+    (BENCHMARKS.md, sessions 11 and 14)."""
 
     @staticmethod
     def forward(ctx, x, weight):
@@ -433,17 +434,16 @@ class PointwiseConv(torch.autograd.Function):
     def backward(ctx, gy):
         x, weight = ctx.saved_tensors
         gy = gy.contiguous(memory_format=torch.channels_last)
-        c_out, c_in = weight.shape[:2]
-        by_mm = c_in >= MM_WEIGHT_MIN_CHANNELS
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1] and not by_mm, False]
         gx = gw = None
-        if any(mask):
-            args = (None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask)  # bias sizes, stride, padding, ...
-            gx, gw, _ = torch.ops.aten.convolution_backward(gy, x, weight, *args)
-        if ctx.needs_input_grad[1] and by_mm:  # [N·H·W, C] views: a free reshape of channels-last maps
-            gy_rows, x_rows = gy.permute(0, 2, 3, 1).reshape(-1, c_out), x.permute(0, 2, 3, 1).reshape(-1, c_in)
+        if ctx.needs_input_grad[0]:
+            args = (None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, False, False])  # bias sizes, stride, ...
+            gx = torch.ops.aten.convolution_backward(gy, x, weight, *args)[0]
+        if ctx.needs_input_grad[1]:
+            n, c_in, h, w = x.shape
+            c_out = weight.shape[0]
             gw = torch.empty_like(weight)  # the weight's own strides, as DDP's gradient buckets expect
-            torch.mm(gy_rows.t(), x_rows, out=gw.view(c_out, c_in))
+            rows = gw.view(c_out, c_in)  # a 1×1 weight's memory is [C_out][C_in] in either memory format
+            _call(load().gemm_at_b, _ptr(gy), c_out, _ptr(x), c_in, _ptr(rows), n * h * w, c_out, c_in)
         return gx, gw
 
 

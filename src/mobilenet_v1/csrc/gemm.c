@@ -1,0 +1,153 @@
+/* The weight gradient of a 1x1 convolution on channels-last maps: C[M, N] = A^T B, for A = dL/dy viewed as
+   [K, M] (K = pixels, M = output channels) and B = x viewed as [K, N] (N = input channels), float32, row-major.
+
+   MKL's sgemm runs this product at ~140 GFLOP/s on the 2-core Zen 3 we measure on, and oneDNN's backward-weights
+   convolution at ~120-145; this blocked product (BLIS's loop order: B packed in KC x NC blocks, A in KC x MC blocks,
+   a 6 x 16 register tile of FMAs) at ~155-170 (BENCHMARKS.md, session 14). Where K is long against the channels
+   (the large maps), the threads split K and sum their partial products, rather than packing the same rows twice.
+   Built by mobilenet_v1/fused.py with -O3 -march=native -fopenmp (AVX2 + FMA). */
+#include <immintrin.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MR 6    /* rows of C per register tile */
+#define NR 16   /* columns of C per register tile: two 8-float vectors */
+#define KC 192  /* K per packed block */
+#define MC 72   /* rows of C per packed A block (12 tiles) */
+#define NC 512  /* columns of C per packed B block */
+#define KSPLIT_RATIO 4 /* the threads split K when K >= this x max(M, N) */
+
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* A[0:kc, m0:m0+mc] as mc/MR panels [kc][MR], zero past column m_end (a partial tile's padding) */
+static void pack_a(const float *A, int64_t lda, int64_t kc, int64_t m0, int64_t mc, int64_t m_end, float *Ap) {
+  for (int64_t i = 0; i < mc; i += MR) {
+    int64_t mr = min64(m_end - (m0 + i), MR);
+    const float *a = A + m0 + i;
+    float *p = Ap + i * kc;
+    if (mr == MR) {
+      for (int64_t k = 0; k < kc; k++) memcpy(p + k * MR, a + k * lda, MR * sizeof(float));
+    } else {
+      for (int64_t k = 0; k < kc; k++)
+        for (int r = 0; r < MR; r++) p[k * MR + r] = r < mr ? a[k * lda + r] : 0.f;
+    }
+  }
+}
+
+/* B[0:kc, n0:n0+nc] as nc/NR panels [kc][NR], zero past column n_end */
+static void pack_b(const float *B, int64_t ldb, int64_t kc, int64_t n0, int64_t nc, int64_t n_end, float *Bp) {
+  for (int64_t j = 0; j < nc; j += NR) {
+    int64_t nr = min64(n_end - (n0 + j), NR);
+    const float *b = B + n0 + j;
+    float *p = Bp + j * kc;
+    if (nr == NR) {
+      for (int64_t k = 0; k < kc; k++) {
+        _mm256_store_ps(p + k * NR, _mm256_loadu_ps(b + k * ldb));
+        _mm256_store_ps(p + k * NR + 8, _mm256_loadu_ps(b + k * ldb + 8));
+      }
+    } else {
+      for (int64_t k = 0; k < kc; k++)
+        for (int c = 0; c < NR; c++) p[k * NR + c] = c < nr ? b[k * ldb + c] : 0.f;
+    }
+  }
+}
+
+/* the mr x nr tile at c (row stride ldc) = (first ? 0 : itself) + a panel^T b panel over kc */
+static void tile(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int mr, int nr, int first) {
+  __m256 acc[MR][2];
+  for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < kc; k++, a += MR, b += NR) {
+    __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+    for (int r = 0; r < MR; r++) {
+      __m256 x = _mm256_broadcast_ss(a + r);
+      acc[r][0] = _mm256_fmadd_ps(x, b0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(x, b1, acc[r][1]);
+    }
+  }
+  if (mr == MR && nr == NR) {
+    for (int r = 0; r < MR; r++) {
+      float *o = c + r * ldc;
+      if (!first) {
+        acc[r][0] = _mm256_add_ps(_mm256_loadu_ps(o), acc[r][0]);
+        acc[r][1] = _mm256_add_ps(_mm256_loadu_ps(o + 8), acc[r][1]);
+      }
+      _mm256_storeu_ps(o, acc[r][0]);
+      _mm256_storeu_ps(o + 8, acc[r][1]);
+    }
+    return;
+  }
+  float t[MR][NR];
+  for (int r = 0; r < MR; r++) {
+    _mm256_storeu_ps(t[r], acc[r][0]);
+    _mm256_storeu_ps(t[r] + 8, acc[r][1]);
+  }
+  for (int r = 0; r < mr; r++)
+    for (int j = 0; j < nr; j++) c[r * ldc + j] = first ? t[r][j] : c[r * ldc + j] + t[r][j];
+}
+
+/* C[m0:m1, n0:n1] (row stride ldc) = A[0:K, m0:m1]^T B[0:K, n0:n1], with this thread's packing buffers */
+static void block(const float *A, int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc, int64_t K,
+                  int64_t m0, int64_t m1, int64_t n0, int64_t n1, float *Ap, float *Bp) {
+  if (K == 0) {
+    for (int64_t i = m0; i < m1; i++) memset(C + i * ldc + n0, 0, (size_t)(n1 - n0) * sizeof(float));
+    return;
+  }
+  for (int64_t jc = n0; jc < n1; jc += NC) {
+    int64_t nc = min64(n1 - jc, NC);
+    for (int64_t pc = 0; pc < K; pc += KC) {
+      int64_t kc = min64(K - pc, KC);
+      pack_b(B + pc * ldb, ldb, kc, jc, nc, n1, Bp);
+      for (int64_t ic = m0; ic < m1; ic += MC) {
+        int64_t mc = min64(m1 - ic, MC);
+        pack_a(A + pc * lda, lda, kc, ic, mc, m1, Ap);
+        for (int64_t j = 0; j < nc; j += NR) {
+          int nr = (int)min64(n1 - (jc + j), NR);
+          for (int64_t i = 0; i < mc; i += MR) {
+            int mr = (int)min64(m1 - (ic + i), MR);
+            tile(kc, Ap + i * kc, Bp + j * kc, C + (ic + i) * ldc + jc + j, ldc, mr, nr, pc == 0);
+          }
+        }
+      }
+    }
+  }
+}
+
+/* C = A^T B as above; returns 0, or 1 when the packing buffers cannot be had (C is then incomplete) */
+int gemm_at_b(const float *A, int64_t lda, const float *B, int64_t ldb, float *C, int64_t K, int64_t M, int64_t N) {
+  int nt = omp_get_max_threads();
+  int split_k = nt > 1 && K >= KSPLIT_RATIO * (M > N ? M : N);
+  float *parts = NULL; /* threads 1.. nt-1's partial products when K is split */
+  if (split_k && !(parts = malloc((size_t)(nt - 1) * M * N * sizeof(float)))) return 1;
+  int fail = 0;
+#pragma omp parallel num_threads(nt) reduction(| : fail)
+  {
+    int t = omp_get_thread_num(), T = omp_get_num_threads();
+    float *Ap = aligned_alloc(64, (size_t)KC * MC * sizeof(float));
+    float *Bp = aligned_alloc(64, (size_t)KC * NC * sizeof(float));
+    if (!Ap || !Bp) {
+      fail = 1;
+    } else if (split_k) {
+      int64_t k0 = K * t / T, k1 = K * (t + 1) / T;
+      float *out = t == 0 ? C : parts + (size_t)(t - 1) * M * N;
+      block(A + k0 * lda, lda, B + k0 * ldb, ldb, out, N, k1 - k0, 0, M, 0, N, Ap, Bp);
+    } else if (M >= N) { /* the rows of C, in whole tiles */
+      int64_t tiles = (M + MR - 1) / MR, m0 = min64(tiles * t / T * MR, M), m1 = min64(tiles * (t + 1) / T * MR, M);
+      if (m0 < m1) block(A, lda, B, ldb, C, N, K, m0, m1, 0, N, Ap, Bp);
+    } else {
+      int64_t tiles = (N + NR - 1) / NR, n0 = min64(tiles * t / T * NR, N), n1 = min64(tiles * (t + 1) / T * NR, N);
+      if (n0 < n1) block(A, lda, B, ldb, C, N, K, 0, M, n0, n1, Ap, Bp);
+    }
+    free(Ap);
+    free(Bp);
+    if (split_k) {
+#pragma omp barrier
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < M * N; i++)
+        for (int u = 1; u < T; u++) C[i] += parts[(size_t)(u - 1) * M * N + i];
+    }
+  }
+  free(parts);
+  return fail;
+}
