@@ -2,10 +2,12 @@
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/train_kernels.py --out benchmarks/results/zen3_train_kernels
 
-Batch norm + ReLU (float32 and bfloat16 maps) and the 3×3 depthwise convolution (float32), forward + backward
-at batch-32 MobileNet shapes, in one process with 2 threads and the trainer's malloc tuning. Each case
-alternates PyTorch and the kernel for several rounds of a few calls; reported: the median call time of each
-and the ratio. A whole training step is `train_throughput.py`'s job; this one says where its gain comes from.
+Batch norm + ReLU (float32 and bfloat16 maps) and the 3×3 depthwise convolution (float32), forward + backward at
+batch-32 MobileNet shapes, and the 1×1 convolutions' weight gradient (csrc/gemm.c against oneDNN's backward-
+weights convolution, which ``conv2d``'s backward runs, and against ``torch.mm``, MKL), in one process with 2
+threads and the trainer's malloc tuning. Each case alternates PyTorch and the kernel for several rounds of a few
+calls; reported: the median call time of each and the ratio. A whole training step is `train_throughput.py`'s job;
+this one says where its gain comes from.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from mobilenet_v1.allocator import keep_freed_memory
 
 BN_SHAPES = [(112, 64), (56, 128), (14, 512)]  # (size, channels): the largest maps at 224, and a 14×14 one
 DW_SHAPES = [(112, 32, 1), (112, 64, 2), (56, 128, 1), (28, 256, 1), (14, 512, 1), (7, 1024, 1)]
+PW_SHAPES = [(112, 32, 64), (56, 128, 128), (28, 256, 256), (14, 512, 512), (7, 1024, 1024)]  # size, C_in, C_out
 
 
 def _median_ms(fn, rounds: int, calls: int) -> float:
@@ -54,12 +57,43 @@ def _pair(name: str, pytorch, kernel, rounds: int, calls: int) -> dict:
     return row
 
 
+def _pointwise_weight_grad(batch: int, size: int, c_in: int, c_out: int, rounds: int, calls: int) -> list[dict]:
+    """dL/dW of a 1×1 convolution on channels-last maps: gemm.c against oneDNN's backward-weights and torch.mm"""
+    x = torch.randn(batch, c_in, size, size).contiguous(memory_format=torch.channels_last)
+    gy = torch.randn(batch, c_out, size, size).contiguous(memory_format=torch.channels_last)
+    weight = torch.empty(c_out, c_in, 1, 1)
+    gw = torch.empty(c_out, c_in)
+    x_rows, gy_rows = x.permute(0, 2, 3, 1).reshape(-1, c_in), gy.permute(0, 2, 3, 1).reshape(-1, c_out)
+    args = (None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, False])
+    lib = fused.load()
+
+    def kernel():
+        fused._call(
+            lib.gemm_at_b, gy.data_ptr(), c_out, x.data_ptr(), c_in, gw.data_ptr(), x_rows.shape[0], c_out, c_in
+        )
+
+    shape = f"1×1 dW {size}x{size}x{c_in}→{c_out}"
+    return [
+        _pair(
+            f"{shape} vs oneDNN",
+            lambda: torch.ops.aten.convolution_backward(gy, x, weight, *args),
+            kernel,
+            rounds,
+            calls,
+        ),
+        _pair(f"{shape} vs torch.mm", lambda: torch.mm(gy_rows.t(), x_rows), kernel, rounds, calls),
+    ]
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--calls", type=int, default=5)
     p.add_argument("--out", default="benchmarks/results/train_kernels")
+    p.add_argument(
+        "--cases", nargs="+", choices=["bn", "depthwise", "pointwise"], default=["bn", "depthwise", "pointwise"]
+    )
     args = p.parse_args()
     torch.set_num_threads(2)
     keep_freed_memory()
@@ -67,7 +101,7 @@ def main() -> None:
         raise SystemExit("the kernels could not be built here (no C compiler, or no AVX2/FMA)")
     torch.manual_seed(0)
     rows = []
-    for size, ch in BN_SHAPES:
+    for size, ch in BN_SHAPES if "bn" in args.cases else []:
         for dtype in (torch.float32, torch.bfloat16):
             x = torch.randn(args.batch, ch, size, size).to(dtype).contiguous(memory_format=torch.channels_last)
             x.requires_grad_()
@@ -82,7 +116,7 @@ def main() -> None:
                     args.calls,
                 )
             )
-    for size, ch, stride in DW_SHAPES:
+    for size, ch, stride in DW_SHAPES if "depthwise" in args.cases else []:
         x = torch.randn(args.batch, ch, size, size).contiguous(memory_format=torch.channels_last).requires_grad_()
         conv = nn.Conv2d(ch, ch, 3, stride, 1, groups=ch, bias=False)
         g = torch.randn_like(conv(x))
@@ -95,6 +129,8 @@ def main() -> None:
                 args.calls,
             )
         )
+    for size, c_in, c_out in PW_SHAPES if "pointwise" in args.cases else []:
+        rows += _pointwise_weight_grad(args.batch, size, c_in, c_out, args.rounds, args.calls)
     result = {
         "command": " ".join(["python", *sys.argv]),
         "cpu": _cpu_model(),

@@ -47,8 +47,32 @@ CONFIGS = {
     # each depthwise block's own batch norm + ReLU on a kernel of its own, not inside the depthwise kernels
     # (fused.DepthwiseBlock; session 11's step, with session 12's one-pass depthwise backward)
     "ours-cl-tuned-fused-pairs": ("ours", True, False, False, True),
+    # the 1×1 weight gradients as in session 13: torch.mm (MKL) from 128 input channels up, oneDNN's backward-weights
+    # convolution below, in place of csrc/gemm.c
+    "ours-cl-tuned-fused-mmgrad": ("ours", True, False, False, True),
 }
 FUSED = {n for n in CONFIGS if n.startswith("ours-cl-tuned-fused")}
+
+
+def _pointwise_backward_by_mm(ctx, gy):
+    """Session 13's ``fused.PointwiseConv.backward``: dL/dW by ``torch.mm`` on the channels-last views from 128 input
+    channels up, by oneDNN's backward-weights convolution below."""
+    import torch
+
+    x, weight = ctx.saved_tensors
+    gy = gy.contiguous(memory_format=torch.channels_last)
+    c_out, c_in = weight.shape[:2]
+    by_mm = c_in >= 128
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1] and not by_mm, False]
+    gx = gw = None
+    if any(mask):
+        args = (None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask)
+        gx, gw, _ = torch.ops.aten.convolution_backward(gy, x, weight, *args)
+    if ctx.needs_input_grad[1] and by_mm:
+        gy_rows, x_rows = gy.permute(0, 2, 3, 1).reshape(-1, c_out), x.permute(0, 2, 3, 1).reshape(-1, c_in)
+        gw = torch.empty_like(weight)
+        torch.mm(gy_rows.t(), x_rows, out=gw.view(c_out, c_in))
+    return gx, gw
 
 
 def build(name: str, size: int, batch: int):
@@ -80,6 +104,8 @@ def build(name: str, size: int, batch: int):
                 fused.pointwise = lambda conv, x: conv(x)  # PyTorch's convolution and its backward
             if name.endswith("-pairs"):
                 fused._depthwise_bn_relu_fusable = lambda block, x: False
+            if name.endswith("-mmgrad"):
+                fused.PointwiseConv.backward = staticmethod(_pointwise_backward_by_mm)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format).train()
     step_model = torch.compile(model) if compiled else model

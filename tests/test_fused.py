@@ -202,13 +202,13 @@ def test_gemm_at_b_against_float64(k, m, n, threads):
     assert _error(c, exact) <= 1e-6 * max(exact.abs().max().item(), 1.0), _error(c, exact)
 
 
-@pytest.mark.parametrize("c_in", [16, 128, 200])  # the weight gradient's register tiles: full and partial
+@pytest.mark.parametrize("c_in", [16, 128, 200])  # weight gradient by oneDNN / by gemm.c: full and partial tiles
 @pytest.mark.parametrize("wants", [(True, True), (False, True), (True, False)])  # input, weight need a gradient
 def test_pointwise_matches_conv2d(c_in, wants):
-    """The 1×1 convolution's output and gradients against ``F.conv2d`` in float64, with a first layer's input (no
-    gradient) and frozen weights: at most twice PyTorch's float32 error, or a few float32 roundings of the result's
-    scale (gemm.c sums in another order than oneDNN: measured up to 4× its error, 3.8e-7 of the scale, on these
-    105-term sums)."""
+    """The 1×1 convolution's output and gradients against ``F.conv2d`` in float64, on both weight-gradient paths,
+    with a first layer's input (no gradient) and frozen weights: at most twice PyTorch's float32 error, or a few
+    float32 roundings of the result's scale (gemm.c sums in another order than oneDNN: measured up to 4× its error,
+    3.8e-7 of the scale, on these 105-term sums)."""
     torch.manual_seed(5)
     x = torch.randn(3, c_in, 5, 7).contiguous(memory_format=torch.channels_last).requires_grad_(wants[0])
     conv = nn.Conv2d(c_in, 24, 1, bias=False).requires_grad_(wants[1])
@@ -555,6 +555,7 @@ def test_a_training_step_matches_the_unfused_model(monkeypatch):
     assert len(block_calls) == 13 and not dw_calls and not pair_calls
     pointwise = [m.conv for m in blocks if m.conv.kernel_size == (1, 1)]
     assert [id(c) for c in pw_calls] == list(map(id, pointwise)) and len(pointwise) == 13
+    assert 0 < sum(c.in_channels >= fused.GEMM_WEIGHT_MIN_CHANNELS for c in pointwise) < 13  # both gradient paths
     assert [id(b) for b in calls] == [id(blocks[-1].bn)]
     assert stem_calls == [blocks[0].conv]  # the stem's weight gradient by conv3x3.c
     assert losses[1] == pytest.approx(losses[2], rel=1e-5)
@@ -675,8 +676,8 @@ def test_compiled_training_step_steps_around_the_kernels(monkeypatch):
 
 
 def test_pointwise_weight_gradient_keeps_the_weights_strides():
-    """A 1×1 weight, channels-last or not, gets a gradient with its own strides (DDP's gradient buckets compare
-    strides and warn on every step otherwise)."""
+    """A 1×1 weight, channels-last or not, gets a gradient with its own strides on both paths (DDP's gradient
+    buckets compare strides and warn on every step otherwise)."""
     for c_in, memory_format in itertools.product((16, 256), (torch.channels_last, torch.contiguous_format)):
         conv = nn.Conv2d(c_in, 32, 1, bias=False).to(memory_format=memory_format)
         x = torch.randn(2, c_in, 3, 3).contiguous(memory_format=torch.channels_last)

@@ -14,7 +14,7 @@ their Mult-Adds (BENCHMARKS.md, "where the step's time goes"). Two kernels for t
 
 The 1×1 convolutions keep oneDNN's forward and input gradient but take their weight gradient from
 ``csrc/gemm.c``, a blocked matrix product on the channels-last views, faster here than both MKL's ``torch.mm`` and
-oneDNN's backward-weights convolution (:class:`PointwiseConv`); the stem's 3×3
+oneDNN's backward-weights convolution from 64 input channels up (:class:`PointwiseConv`); the stem's 3×3
 convolution (3 or 1 input channels) takes its weight gradient from ``csrc/conv3x3.c`` (:class:`Conv3x3`).
 
 :func:`enable` marks a model's ``ConvBNAct`` blocks; in training mode each then uses a kernel where it applies —
@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 SOURCES = ("bn_relu.c", "depthwise.c", "conv3x3.c", "gemm.c")
 STREAM_BYTES = 8 << 20  # maps above this are written with streaming stores (they leave the caches anyway)
 SUMS_IN_PLACE_BYTES = 32 << 20  # maps above this get batch-norm gradient sums inside the depthwise kernel
+GEMM_WEIGHT_MIN_CHANNELS = 64  # 1×1 convolutions with this many input channels or more: weight gradient by gemm.c
 STEM_MAX_CHANNELS = 4  # dense 3×3 convolutions with at most this many input channels: weight gradient by conv3x3.c
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SHAPE = [_I64, _I64, _I64, _I64, _I64, _I64, _INT]  # N, H, W, C, OH, OW, stride
@@ -421,8 +422,9 @@ class DepthwiseConv3x3(torch.autograd.Function):
 
 class PointwiseConv(torch.autograd.Function):
     """``F.conv2d(x, weight)`` for 1×1 weights [C_out, C_in, 1, 1]: oneDNN's forward and input gradient, the weight
-    gradient as one matrix product dL/dW = dL/dYᵀ·X on the channels-last [N·H·W, C] views by ``gemm_at_b``
-    (BENCHMARKS.md, sessions 11 and 14)."""
+    gradient as one matrix product dL/dW = dL/dYᵀ·X on the channels-last [N·H·W, C] views by ``gemm_at_b`` from
+    :data:`GEMM_WEIGHT_MIN_CHANNELS` input channels up (below, oneDNN's backward-weights convolution measured faster:
+    BENCHMARKS.md, session 14)."""
 
     @staticmethod
     def forward(ctx, x, weight):
@@ -434,12 +436,16 @@ class PointwiseConv(torch.autograd.Function):
     def backward(ctx, gy):
         x, weight = ctx.saved_tensors
         gy = gy.contiguous(memory_format=torch.channels_last)
+        n, c_in, h, w = x.shape
+        by_gemm = c_in >= GEMM_WEIGHT_MIN_CHANNELS
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1] and not by_gemm, False]
         gx = gw = None
-        if ctx.needs_input_grad[0]:
-            args = (None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, False, False])  # bias sizes, stride, ...
-            gx = torch.ops.aten.convolution_backward(gy, x, weight, *args)[0]
-        if ctx.needs_input_grad[1]:
-            n, c_in, h, w = x.shape
+        if any(mask):
+            args = (None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask)  # bias sizes, stride, padding, ...
+            gx, gw, _ = torch.ops.aten.convolution_backward(gy, x, weight, *args)
+            if gw is not None and gw.stride() != weight.stride():  # oneDNN's are channels-last's
+                gw = torch.empty_like(weight).copy_(gw)  # the weight's own, as DDP's gradient buckets expect
+        if ctx.needs_input_grad[1] and by_gemm:
             c_out = weight.shape[0]
             gw = torch.empty_like(weight)  # the weight's own strides, as DDP's gradient buckets expect
             rows = gw.view(c_out, c_in)  # a 1×1 weight's memory is [C_out][C_in] in either memory format
