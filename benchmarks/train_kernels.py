@@ -146,7 +146,8 @@ def main() -> None:
         json.dump(result, f, indent=2)
     lines = [
         f"`{result['command']}` — {result['cpu']}, 2 threads, torch {result['torch']}, batch {args.batch}, "
-        f"{args.rounds} alternating rounds × {args.calls} calls, forward + backward, medians",
+        f"{args.rounds} alternating rounds × {args.calls} calls, forward + backward (1×1 dW: the weight gradient "
+        "alone), medians",
         "",
         "| case | PyTorch ms | kernel ms | speed-up |",
         "|---|---:|---:|---:|",
