@@ -177,9 +177,10 @@ def test_depthwise_matches_conv2d(stride, size, channels):
 @pytest.mark.parametrize(
     ("k", "m", "n"),
     [
-        (2048, 512, 512),  # whole tiles and blocks; the threads split the rows of C
-        (5000, 40, 24),  # K ≥ 4·max(M, N): the threads split K and sum their partial products
-        (389, 70, 530),  # partial tiles in both directions, past one block of K, M and N; split by columns
+        (2048, 512, 512),  # the threads split the rows of C; a partial last row tile (512 = 85·6 + 2)
+        (5000, 40, 24),  # K ≥ 4·max(M, N): with 2-3 threads, K split and partial products summed
+        (2200, 13, 530),  # K split, whole and partial tiles, past one 512-column block
+        (389, 70, 530),  # partial tiles in both directions, past one block of K and of N; split by columns
         (7, 5, 3),  # less than one tile
         (0, 12, 16),  # no terms: zeros
     ],
@@ -191,7 +192,8 @@ def test_gemm_at_b_against_float64(k, m, n, threads):
     g = torch.Generator().manual_seed(k + m + n)
     a_rows, b_rows = torch.randn(k, m + 3, generator=g), torch.randn(k, n + 5, generator=g)
     a, b = a_rows[:, :m], b_rows[:, :n]
-    c = torch.full((m, n), float("nan"))
+    buffer = torch.full((m * n + 64,), float("nan"))  # C, then a tail that must stay untouched
+    c = buffer[: m * n].view(m, n)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -200,6 +202,7 @@ def test_gemm_at_b_against_float64(k, m, n, threads):
         torch.set_num_threads(before)
     exact = a.double().t() @ b.double()
     assert _error(c, exact) <= 1e-6 * max(exact.abs().max().item(), 1.0), _error(c, exact)
+    assert buffer[m * n :].isnan().all()
 
 
 @pytest.mark.parametrize("c_in", [16, 128, 200])  # weight gradient by oneDNN / by gemm.c: full and partial tiles

@@ -437,7 +437,8 @@ class PointwiseConv(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         gy = gy.contiguous(memory_format=torch.channels_last)
         n, c_in, h, w = x.shape
-        by_gemm = c_in >= GEMM_WEIGHT_MIN_CHANNELS
+        lib = load()
+        by_gemm = lib is not None and c_in >= GEMM_WEIGHT_MIN_CHANNELS
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1] and not by_gemm, False]
         gx = gw = None
         if any(mask):
@@ -447,9 +448,13 @@ class PointwiseConv(torch.autograd.Function):
                 gw = torch.empty_like(weight).copy_(gw)  # the weight's own, as DDP's gradient buckets expect
         if ctx.needs_input_grad[1] and by_gemm:
             c_out = weight.shape[0]
+            x = x.contiguous(memory_format=torch.channels_last)  # as pointwise_applies checked: no copy
             gw = torch.empty_like(weight)  # the weight's own strides, as DDP's gradient buckets expect
-            rows = gw.view(c_out, c_in)  # a 1×1 weight's memory is [C_out][C_in] in either memory format
-            _call(load().gemm_at_b, _ptr(gy), c_out, _ptr(x), c_in, _ptr(rows), n * h * w, c_out, c_in)
+            rows = gw.view(c_out, c_in)  # [C_out][C_in] for a contiguous or channels-last 1×1 weight
+            out = rows if rows.is_contiguous() else torch.empty(c_out, c_in)
+            _call(lib.gemm_at_b, _ptr(gy), c_out, _ptr(x), c_in, _ptr(out), n * h * w, c_out, c_in)
+            if out is not rows:
+                rows.copy_(out)
         return gx, gw
 
 

@@ -17,7 +17,9 @@
 #define KC 192  /* K per packed block */
 #define MC 72   /* rows of C per packed A block (12 tiles) */
 #define NC 512  /* columns of C per packed B block */
-#define KSPLIT_RATIO 4 /* the threads split K when K >= this x max(M, N) */
+#define KSPLIT_RATIO 4 /* the threads split K when K >= this x max(M, N), */
+#define KSPLIT_MAX_THREADS 8 /* there are at most this many (one partial product each), */
+                             /* and each gets at least one KC block of K */
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -116,10 +118,11 @@ static void block(const float *A, int64_t lda, const float *B, int64_t ldb, floa
 
 /* C = A^T B as above; returns 0, or 1 when the packing buffers cannot be had (C is then incomplete) */
 int gemm_at_b(const float *A, int64_t lda, const float *B, int64_t ldb, float *C, int64_t K, int64_t M, int64_t N) {
+  if (M == 0 || N == 0) return 0;
   int nt = omp_get_max_threads();
-  int split_k = nt > 1 && K >= KSPLIT_RATIO * (M > N ? M : N);
-  float *parts = NULL; /* threads 1.. nt-1's partial products when K is split */
-  if (split_k && !(parts = malloc((size_t)(nt - 1) * M * N * sizeof(float)))) return 1;
+  int split_k = nt > 1 && nt <= KSPLIT_MAX_THREADS && K >= KSPLIT_RATIO * (M > N ? M : N) && K >= (int64_t)nt * KC;
+  float *parts = NULL; /* threads 1.. nt-1's partial products when K is split; without the memory, no split */
+  if (split_k && !(parts = malloc((size_t)(nt - 1) * M * N * sizeof(float)))) split_k = 0;
   int fail = 0;
 #pragma omp parallel num_threads(nt) reduction(| : fail)
   {
