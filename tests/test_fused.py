@@ -679,13 +679,23 @@ def test_compiled_training_step_steps_around_the_kernels(monkeypatch):
 
 
 def test_pointwise_weight_gradient_keeps_the_weights_strides():
-    """A 1×1 weight, channels-last or not, gets a gradient with its own strides on both paths (DDP's gradient
-    buckets compare strides and warn on every step otherwise)."""
-    for c_in, memory_format in itertools.product((16, 256), (torch.channels_last, torch.contiguous_format)):
-        conv = nn.Conv2d(c_in, 32, 1, bias=False).to(memory_format=memory_format)
+    """A 1×1 weight, channels-last, contiguous or stored [C_in][C_out] (which gemm.c does not write), gets the right
+    gradient with its own strides on both paths (DDP's gradient buckets compare strides and warn on every step
+    otherwise)."""
+    layouts = {
+        "channels-last": lambda w: w.contiguous(memory_format=torch.channels_last),
+        "contiguous": lambda w: w.contiguous(),
+        "[C_in][C_out]": lambda w: w.view(w.shape[:2]).t().contiguous().t().view(w.shape),
+    }
+    for c_in, (name, layout) in itertools.product((16, 256), layouts.items()):
+        conv = nn.Conv2d(c_in, 32, 1, bias=False)
+        conv.weight = nn.Parameter(layout(conv.weight.detach()))
         x = torch.randn(2, c_in, 3, 3).contiguous(memory_format=torch.channels_last)
-        (gw,) = torch.autograd.grad(fused.pointwise(conv, x).sum(), conv.weight)
-        assert gw.stride() == conv.weight.stride(), (c_in, gw.stride(), conv.weight.stride())
+        grad = torch.randn(2, 32, 3, 3)
+        (gw,) = torch.autograd.grad(fused.pointwise(conv, x), conv.weight, grad)
+        (ref,) = torch.autograd.grad(F.conv2d(x, conv.weight), conv.weight, grad)
+        assert gw.stride() == conv.weight.stride(), (c_in, name, gw.stride(), conv.weight.stride())
+        torch.testing.assert_close(gw, ref, rtol=1e-5, atol=1e-5, msg=f"{c_in} {name}")
 
 
 def test_empty_maps_take_pytorchs_operators():

@@ -438,7 +438,8 @@ class PointwiseConv(torch.autograd.Function):
         gy = gy.contiguous(memory_format=torch.channels_last)
         n, c_in, h, w = x.shape
         lib = load()
-        by_gemm = lib is not None and c_in >= GEMM_WEIGHT_MIN_CHANNELS
+        rows_layout = weight.stride()[:2] == (c_in, 1)  # [C_out][C_in] in memory: contiguous or channels-last
+        by_gemm = lib is not None and c_in >= GEMM_WEIGHT_MIN_CHANNELS and rows_layout
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1] and not by_gemm, False]
         gx = gw = None
         if any(mask):
@@ -450,11 +451,7 @@ class PointwiseConv(torch.autograd.Function):
             c_out = weight.shape[0]
             x = x.contiguous(memory_format=torch.channels_last)  # as pointwise_applies checked: no copy
             gw = torch.empty_like(weight)  # the weight's own strides, as DDP's gradient buckets expect
-            rows = gw.view(c_out, c_in)  # [C_out][C_in] for a contiguous or channels-last 1×1 weight
-            out = rows if rows.is_contiguous() else torch.empty(c_out, c_in)
-            _call(lib.gemm_at_b, _ptr(gy), c_out, _ptr(x), c_in, _ptr(out), n * h * w, c_out, c_in)
-            if out is not rows:
-                rows.copy_(out)
+            _call(lib.gemm_at_b, _ptr(gy), c_out, _ptr(x), c_in, _ptr(gw), n * h * w, c_out, c_in)
         return gx, gw
 
 
