@@ -230,3 +230,25 @@ def test_each_rank_draws_its_own_augmentation(images, workers):
         data.start_epoch(loader, seed=5, epoch=0, rank=rank)
         batches.append(next(iter(loader)).images)
     assert not torch.equal(batches[0], batches[1])
+
+
+def test_random_erasing_probability_is_the_presets_unless_given(images):
+    """``--random-erasing P``: None keeps the preset's (small 0.25, inception none); 0 drops the step; the pipeline
+    without it is still batched exactly."""
+
+    def erasing(tf):
+        return [t.p for t in tf.transforms if isinstance(t, v2.RandomErasing)]
+
+    pre = default_preprocessing("small", 48, True)
+    assert erasing(train_transform(pre, "small")) == [0.25]
+    assert erasing(train_transform(pre, "inception")) == []
+    assert erasing(train_transform(pre, "small", erasing=0.0)) == []
+    assert erasing(train_transform(pre, "inception", erasing=0.5)) == [0.5]
+    with pytest.raises(ValueError, match=r"random erasing probability must be in \[0, 1\]; got -0.1"):
+        train_transform(pre, "small", erasing=-0.1)
+    tf = train_transform(pre, "small", erasing=0.0)
+    for k, image in enumerate(images[:8]):
+        torch.manual_seed(k)
+        want = _per_image(tf, image)
+        torch.manual_seed(k)
+        assert torch.equal(BatchTransform(tf)(image[None, None])[0], want)

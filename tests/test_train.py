@@ -103,6 +103,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
         (["--alpha", "-1"], "width_multiplier (alpha) must be a number > 0"),
         (["--data", "/nonexistent"], "Fashion-MNIST file train-images-idx3-ubyte(.gz) not found"),
         (["--dataset", "folder"], "dataset 'folder' needs --data DIR"),
+        (["--random-erasing", "1.5"], "random erasing probability must be in [0, 1]; got 1.5"),
     ],
 )
 def test_bad_train_input_one_line_no_files(tmp_path, capsys, extra, fragment):

@@ -53,6 +53,7 @@ class TrainConfig:
     fused_kernels: bool = True  # CPU: BN + ReLU and 3×3 depthwise convolutions on compiled kernels (fused.py)
     sync_bn: bool = False  # SyncBatchNorm (GPU only in PyTorch)
     augment: bool = True
+    random_erasing: float | None = None  # probability; default: the preset's (small 0.25, inception 0)
     train_subset: int | None = None
     val_subset: int | None = None
     max_steps_per_epoch: int | None = None  # short runs (tests, smoke checks)
@@ -69,6 +70,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if self.accum_steps > self.batch_size:
             raise ValueError(f"accum_steps ({self.accum_steps}) must not exceed batch_size ({self.batch_size})")
+        if self.random_erasing is not None and not 0.0 <= self.random_erasing <= 1.0:
+            raise ValueError(f"random erasing probability must be in [0, 1]; got {self.random_erasing!r}")
         get_recipe(self.recipe)  # an unknown recipe fails here, before anything is written
 
     def to_dict(self) -> dict:
@@ -119,7 +122,8 @@ def _data(cfg: TrainConfig, info: DistInfo):
         from .finetune import init_preprocessing  # noqa: PLC0415
 
         pre = init_preprocessing(cfg.init, pre)
-    train_ds = data_mod.load_split(cfg.dataset, cfg.data, "train", train_transform(pre, cfg.preset, cfg.augment))
+    train_tf = train_transform(pre, cfg.preset, cfg.augment, cfg.random_erasing)
+    train_ds = data_mod.load_split(cfg.dataset, cfg.data, "train", train_tf)
     val_ds = data_mod.load_split(cfg.dataset, cfg.data, "val", train_transform(pre, cfg.preset, augment=False))
     names = data_mod.class_names(train_ds)
     if data_mod.class_names(val_ds) != names:

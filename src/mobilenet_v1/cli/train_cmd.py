@@ -21,6 +21,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", default="small", help=f"preprocessing, one of {', '.join(PRESETS)}")
     g.add_argument("--grayscale", action="store_true", help="one input channel (in_chans=1) instead of replicating")
     g.add_argument("--no-augment", dest="augment", action="store_false")
+    g.add_argument(
+        "--random-erasing",
+        type=float,
+        metavar="P",
+        help="probability of random erasing (default: the preset's; small 0.25, inception 0)",
+    )
     g.add_argument("--train-subset", type=int, help="use a fixed random subset of N training images")
     g.add_argument("--val-subset", type=int)
     g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
@@ -104,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         fused_kernels=args.fused_kernels,
         sync_bn=args.sync_bn,
         augment=args.augment,
+        random_erasing=args.random_erasing,
         train_subset=args.train_subset,
         val_subset=args.val_subset,
         max_steps_per_epoch=args.max_steps_per_epoch,
