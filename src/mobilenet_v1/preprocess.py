@@ -67,6 +67,15 @@ def eval_transform(pre: Preprocessing) -> v2.Compose:
     return v2.Compose([_channels(pre), *geometry, *_to_input(pre)])
 
 
+def erasing_probability(preset: str, erasing: float | None) -> float:
+    """The random-erasing probability a training pipeline uses: ``erasing``, or the preset's when ``None``."""
+    if erasing is None:
+        return SMALL_ERASING if preset == "small" else 0.0
+    if not 0.0 <= erasing <= 1.0:
+        raise ValueError(f"random erasing probability must be in [0, 1]; got {erasing!r}")
+    return erasing
+
+
 def train_transform(
     pre: Preprocessing, preset: str = "inception", augment: bool = True, erasing: float | None = None
 ) -> v2.Compose:
@@ -81,10 +90,7 @@ def train_transform(
     """
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {preset!r}")
-    if erasing is None:
-        erasing = SMALL_ERASING if preset == "small" else 0.0
-    if not 0.0 <= erasing <= 1.0:
-        raise ValueError(f"random erasing probability must be in [0, 1]; got {erasing!r}")
+    erasing = erasing_probability(preset, erasing)
     if not augment:
         return eval_transform(pre)
     size, interp = pre.input_size, _interp(pre.interpolation)

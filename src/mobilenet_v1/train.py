@@ -26,7 +26,7 @@ from .checkpoint import WEIGHTS_NAME, Pretrained, read_config, save_weights, wri
 from .distributed import DistInfo, all_gather_objects, all_sum, average_buffers, barrier, setup, teardown
 from .evaluate import Metrics, autocast, evaluate, for_evaluation, resolve_precision
 from .model import MobileNetV1, ModelConfig
-from .preprocess import default_preprocessing, train_transform
+from .preprocess import default_preprocessing, erasing_probability, train_transform
 from .recipes import EMA, Recipe, build_optimizer, get_recipe, lr_at
 
 
@@ -70,8 +70,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if self.accum_steps > self.batch_size:
             raise ValueError(f"accum_steps ({self.accum_steps}) must not exceed batch_size ({self.batch_size})")
-        if self.random_erasing is not None and not 0.0 <= self.random_erasing <= 1.0:
-            raise ValueError(f"random erasing probability must be in [0, 1]; got {self.random_erasing!r}")
+        erasing_probability(self.preset, self.random_erasing)  # a bad probability fails before anything is written
         get_recipe(self.recipe)  # an unknown recipe fails here, before anything is written
 
     def to_dict(self) -> dict:
