@@ -50,6 +50,8 @@ CONFIGS = {
     # the 1×1 weight gradients as in session 13: torch.mm (MKL) from 128 input channels up, oneDNN's backward-weights
     # convolution below, in place of csrc/gemm.c
     "ours-cl-tuned-fused-mmgrad": ("ours", True, False, False, True),
+    # the 1×1 forward and input gradient as in sessions 9-15: oneDNN's convolutions, in place of csrc/gemm.c's gemm_a_w
+    "ours-cl-tuned-fused-dnnfwd": ("ours", True, False, False, True),
 }
 FUSED = {n for n in CONFIGS if n.startswith("ours-cl-tuned-fused")}
 
@@ -72,6 +74,37 @@ def _pointwise_backward_by_mm(ctx, gy):
         gy_rows, x_rows = gy.permute(0, 2, 3, 1).reshape(-1, c_out), x.permute(0, 2, 3, 1).reshape(-1, c_in)
         gw = torch.empty_like(weight)
         torch.mm(gy_rows.t(), x_rows, out=gw.view(c_out, c_in))
+    return gx, gw
+
+
+def _pointwise_forward_by_onednn(ctx, x, weight):
+    """Sessions 9-15's ``fused.PointwiseConv.forward``: oneDNN's convolution."""
+    import torch
+
+    ctx.save_for_backward(x, weight)
+    return torch.nn.functional.conv2d(x, weight)
+
+
+def _pointwise_backward_onednn_input(ctx, gy):
+    """Session 14-15's ``fused.PointwiseConv.backward``: the input gradient by oneDNN, the weight gradient by gemm.c
+    from 64 input channels up."""
+    import torch
+
+    from mobilenet_v1 import fused
+
+    x, weight = ctx.saved_tensors
+    c_in = x.shape[1]
+    by_gemm = c_in >= fused.GEMM_MIN_CHANNELS
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1] and not by_gemm, False]
+    gy = gy.contiguous(memory_format=torch.channels_last)
+    args = (None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask)
+    gx, gw, _ = torch.ops.aten.convolution_backward(gy, x, weight, *args)
+    if by_gemm and ctx.needs_input_grad[1]:
+        n, _, h, w = x.shape
+        gw = torch.empty_like(weight)
+        lib = fused.load()
+        fused._call(lib.gemm_at_b, gy.data_ptr(), weight.shape[0], x.data_ptr(), c_in, gw.data_ptr(), n * h * w,
+                    weight.shape[0], c_in)  # fmt: skip
     return gx, gw
 
 
@@ -104,6 +137,9 @@ def build(name: str, size: int, batch: int):
                 fused.pointwise = lambda conv, x: conv(x)  # PyTorch's convolution and its backward
             if name.endswith("-pairs"):
                 fused._depthwise_bn_relu_fusable = lambda block, x: False
+            if name.endswith("-dnnfwd"):
+                fused.PointwiseConv.forward = staticmethod(_pointwise_forward_by_onednn)
+                fused.PointwiseConv.backward = staticmethod(_pointwise_backward_onednn_input)
             if name.endswith("-mmgrad"):
                 fused.PointwiseConv.backward = staticmethod(_pointwise_backward_by_mm)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format

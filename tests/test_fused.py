@@ -205,10 +205,44 @@ def test_gemm_at_b_against_float64(k, m, n, threads):
     assert buffer[m * n :].isnan().all()
 
 
-@pytest.mark.parametrize("c_in", [16, 128, 200])  # weight gradient by oneDNN / by gemm.c: full and partial tiles
+@needs_kernel
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("trans_w", [1, 0])  # the forward's x·Wᵀ, the input gradient's dL/dy·W
+@pytest.mark.parametrize(
+    ("m", "k", "n"),
+    [
+        (1000, 64, 128),  # whole tiles of N; M split between the threads with a partial last tile (1000 = 166·6 + 4)
+        (389, 1100, 40),  # past two blocks of K (512): the later blocks add to C; a partial panel of N (40 = 2·16 + 8)
+        (96 * 3 + 6, 24, 530),  # past MC_ROWS pixel blocks, many panels
+        (5, 7, 3),  # less than one tile
+        (50, 0, 16),  # no terms: zeros
+    ],
+)
+def test_gemm_a_w_against_float64(m, k, n, trans_w, threads):
+    """``gemm_a_w``'s C = A·Wᵀ (trans_w) or A·W against float64 at any thread count, with rows of A and W longer than
+    the matrix (strided views): within a few float32 roundings of the scale, and nothing written past C."""
+    g = torch.Generator().manual_seed(m + k + n + trans_w)
+    a = torch.randn(m, k + 3, generator=g)[:, :k]
+    w_shape = (n, k) if trans_w else (k, n)
+    w = torch.randn(w_shape[0], w_shape[1] + 5, generator=g)[:, : w_shape[1]]
+    buffer = torch.full((m * n + 64,), float("nan"))
+    c = buffer[: m * n].view(m, n)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        args = (a.data_ptr(), k + 3, w.data_ptr(), w_shape[1] + 5, trans_w, c.data_ptr(), m, k, n)
+        fused._call(fused.load().gemm_a_w, *args)
+    finally:
+        torch.set_num_threads(before)
+    exact = a.double() @ (w.double().t() if trans_w else w.double())
+    assert _error(c, exact) <= 1e-6 * max(exact.abs().max().item(), 1.0), _error(c, exact)
+    assert buffer[m * n :].isnan().all()
+
+
+@pytest.mark.parametrize("c_in", [16, 128, 200])  # gradients by oneDNN / by gemm.c: full and partial tiles
 @pytest.mark.parametrize("wants", [(True, True), (False, True), (True, False)])  # input, weight need a gradient
 def test_pointwise_matches_conv2d(c_in, wants):
-    """The 1×1 convolution's output and gradients against ``F.conv2d`` in float64, on both weight-gradient paths,
+    """The 1×1 convolution's output and gradients against ``F.conv2d`` in float64, on both gradient paths,
     with a first layer's input (no gradient) and frozen weights: at most twice PyTorch's float32 error, or a few
     float32 roundings of the result's scale (gemm.c sums in another order than oneDNN: measured up to 4× its error,
     3.8e-7 of the scale, on these 105-term sums)."""
@@ -558,7 +592,7 @@ def test_a_training_step_matches_the_unfused_model(monkeypatch):
     assert len(block_calls) == 13 and not dw_calls and not pair_calls
     pointwise = [m.conv for m in blocks if m.conv.kernel_size == (1, 1)]
     assert [id(c) for c in pw_calls] == list(map(id, pointwise)) and len(pointwise) == 13
-    assert 0 < sum(c.in_channels >= fused.GEMM_WEIGHT_MIN_CHANNELS for c in pointwise) < 13  # both gradient paths
+    assert 0 < sum(c.in_channels >= fused.GEMM_MIN_CHANNELS for c in pointwise) < 13  # both gradient paths
     assert [id(b) for b in calls] == [id(blocks[-1].bn)]
     assert stem_calls == [blocks[0].conv]  # the stem's weight gradient by conv3x3.c
     assert losses[1] == pytest.approx(losses[2], rel=1e-5)

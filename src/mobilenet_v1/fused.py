@@ -12,9 +12,9 @@ their Mult-Adds (BENCHMARKS.md, "where the step's time goes"). Two kernels for t
   and it can take on its own block's batch norm: summing its statistics from each output row as it writes it, and
   in the backward computing dL/dy through that batch norm + ReLU row by row from dL/dz, so dL/dy is never stored.
 
-The 1×1 convolutions keep oneDNN's forward and input gradient but take their weight gradient from
-``csrc/gemm.c``, a blocked matrix product on the channels-last views, faster here than both MKL's ``torch.mm`` and
-oneDNN's backward-weights convolution from 64 input channels up (:class:`PointwiseConv`); the stem's 3×3
+The 1×1 convolutions run as matrix products on the channels-last views, ``csrc/gemm.c``: faster here than oneDNN's
+convolutions, and for the weight gradient than MKL's ``torch.mm`` too, from 64 input channels up (forward: at every
+width; :class:`PointwiseConv`); the stem's 3×3
 convolution (3 or 1 input channels) takes its weight gradient from ``csrc/conv3x3.c`` (:class:`Conv3x3`).
 
 :func:`enable` marks a model's ``ConvBNAct`` blocks; in training mode each then uses a kernel where it applies —
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 SOURCES = ("bn_relu.c", "depthwise.c", "conv3x3.c", "gemm.c")
 STREAM_BYTES = 8 << 20  # maps above this are written with streaming stores (they leave the caches anyway)
 SUMS_IN_PLACE_BYTES = 32 << 20  # maps above this get batch-norm gradient sums inside the depthwise kernel
-GEMM_WEIGHT_MIN_CHANNELS = 64  # 1×1 convolutions with this many input channels or more: weight gradient by gemm.c
+GEMM_MIN_CHANNELS = 64  # 1×1 convolutions with this many input channels or more: both gradients by gemm.c
 STEM_MAX_CHANNELS = 4  # dense 3×3 convolutions with at most this many input channels: weight gradient by conv3x3.c
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SHAPE = [_I64, _I64, _I64, _I64, _I64, _I64, _INT]  # N, H, W, C, OH, OW, stride
@@ -73,6 +73,7 @@ _SIGNATURES = {  # the C functions' arguments (csrc/*.c)
     "dw3x3_forward": [_P, *_BN, _P, _P, *_SHAPE, _P, _P],  # x, BN, taps, y, shape, y's shift and statistics
     "conv3x3_grad_weight": [_P, _P, _P, *[_I64] * 7, _INT],  # gy, x, gw, N, H, W, C_in, C_out, OH, OW, stride
     "gemm_at_b": [_P, _I64, _P, _I64, _P, _I64, _I64, _I64],  # A, lda, B, ldb, C, K, M, N: C[M, N] = Aᵀ·B
+    "gemm_a_w": [_P, _I64, _P, _I64, _INT, _P, _I64, _I64, _I64],  # A, lda, W, ldw, trans_w, C, M, K, N: C = A·op(W)
     "dw3x3_backward": [_P, _P, _P, _P, _P, *_SHAPE, *_BN, _P, *_BN_GRAD],  # gy, x, taps, gx, gw, shape, BN, its sums
 }
 
@@ -421,15 +422,23 @@ class DepthwiseConv3x3(torch.autograd.Function):
 
 
 class PointwiseConv(torch.autograd.Function):
-    """``F.conv2d(x, weight)`` for 1×1 weights [C_out, C_in, 1, 1]: oneDNN's forward and input gradient, the weight
-    gradient as one matrix product dL/dW = dL/dYᵀ·X on the channels-last [N·H·W, C] views by ``gemm_at_b`` from
-    :data:`GEMM_WEIGHT_MIN_CHANNELS` input channels up (below, oneDNN's backward-weights convolution measured faster:
-    BENCHMARKS.md, session 14)."""
+    """``F.conv2d(x, weight)`` for 1×1 weights [C_out, C_in, 1, 1], as matrix products on the channels-last [N·H·W, C]
+    views (``csrc/gemm.c``): the forward y = x·Wᵀ and, from :data:`GEMM_MIN_CHANNELS` input channels up, the input
+    gradient dL/dx = dL/dy·W by ``gemm_a_w``, and the weight gradient dL/dW = dL/dyᵀ·x by ``gemm_at_b``. Below that,
+    oneDNN's gradients (measured faster there: BENCHMARKS.md, sessions 14 and 16). A weight not stored as
+    [C_out][C_in] rows takes oneDNN's forward too."""
 
     @staticmethod
     def forward(ctx, x, weight):
         ctx.save_for_backward(x, weight)
-        return torch.nn.functional.conv2d(x, weight)
+        lib = load()
+        n, c_in, h, w = x.shape
+        if lib is None or not _rows_layout(weight):
+            return torch.nn.functional.conv2d(x, weight)
+        c_out = weight.shape[0]
+        y = torch.empty(n, c_out, h, w, memory_format=torch.channels_last)
+        _call(lib.gemm_a_w, _ptr(x), c_in, _ptr(weight), c_in, 1, _ptr(y), n * h * w, c_in, c_out)
+        return y
 
     @staticmethod
     @once_differentiable
@@ -437,22 +446,29 @@ class PointwiseConv(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         gy = gy.contiguous(memory_format=torch.channels_last)
         n, c_in, h, w = x.shape
+        c_out = weight.shape[0]
         lib = load()
-        rows_layout = weight.stride()[:2] == (c_in, 1)  # [C_out][C_in] in memory: contiguous or channels-last
-        by_gemm = lib is not None and c_in >= GEMM_WEIGHT_MIN_CHANNELS and rows_layout
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1] and not by_gemm, False]
+        by_gemm = lib is not None and c_in >= GEMM_MIN_CHANNELS and _rows_layout(weight)
+        mask = [ctx.needs_input_grad[0] and not by_gemm, ctx.needs_input_grad[1] and not by_gemm, False]
         gx = gw = None
         if any(mask):
             args = (None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask)  # bias sizes, stride, padding, ...
             gx, gw, _ = torch.ops.aten.convolution_backward(gy, x, weight, *args)
             if gw is not None and gw.stride() != weight.stride():  # oneDNN's are channels-last's
                 gw = torch.empty_like(weight).copy_(gw)  # the weight's own, as DDP's gradient buckets expect
-        if ctx.needs_input_grad[1] and by_gemm:
-            c_out = weight.shape[0]
+        if by_gemm and ctx.needs_input_grad[0]:
+            gx = torch.empty_like(x, memory_format=torch.channels_last)
+            _call(lib.gemm_a_w, _ptr(gy), c_out, _ptr(weight), c_in, 0, _ptr(gx), n * h * w, c_out, c_in)
+        if by_gemm and ctx.needs_input_grad[1]:
             x = x.contiguous(memory_format=torch.channels_last)  # as pointwise_applies checked: no copy
             gw = torch.empty_like(weight)  # the weight's own strides, as DDP's gradient buckets expect
             _call(lib.gemm_at_b, _ptr(gy), c_out, _ptr(x), c_in, _ptr(gw), n * h * w, c_out, c_in)
         return gx, gw
+
+
+def _rows_layout(weight: torch.Tensor) -> bool:
+    """Whether a 1×1 weight [C_out, C_in, 1, 1] is [C_out][C_in] rows in memory (contiguous or channels-last)."""
+    return weight.stride()[:2] == (weight.shape[1], 1)
 
 
 def _depthwise_backward_through_bn(lib, gy, x, taps, stride: int, need_gw: bool, mean32, a, b, bn_grad=(None,) * 7):

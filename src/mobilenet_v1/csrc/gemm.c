@@ -1,11 +1,17 @@
-/* The weight gradient of a 1x1 convolution on channels-last maps: C[M, N] = A^T B, for A = dL/dy viewed as
-   [K, M] (K = pixels, M = output channels) and B = x viewed as [K, N] (N = input channels), float32, row-major.
+/* The 1x1 convolutions' matrix products on channels-last maps, float32, row-major (Built by mobilenet_v1/fused.py
+   with -O3 -march=native -fopenmp: AVX2 + FMA):
 
-   MKL's sgemm runs this product at ~140 GFLOP/s on the 2-core Zen 3 we measure on, and oneDNN's backward-weights
-   convolution at ~120-145; this blocked product (BLIS's loop order: B packed in KC x NC blocks, A in KC x MC blocks,
-   a 6 x 16 register tile of FMAs) at ~155-170 (BENCHMARKS.md, session 14). Where K is long against the channels
-   (the large maps), the threads split K and sum their partial products, rather than packing the same rows twice.
-   Built by mobilenet_v1/fused.py with -O3 -march=native -fopenmp (AVX2 + FMA). */
+   - gemm_at_b, the weight gradient: C[M, N] = A^T B, for A = dL/dy viewed as [K, M] (K = pixels, M = output
+     channels) and B = x viewed as [K, N] (N = input channels). MKL's sgemm runs this product at ~140 GFLOP/s on the
+     2-core Zen 3 we measure on, and oneDNN's backward-weights convolution at ~120-145; this blocked product (BLIS's
+     loop order: B packed in KC x NC blocks, A in KC x MC blocks, a 6 x 16 register tile of FMAs) at ~155-170
+     (BENCHMARKS.md, session 14). Where K is long against the channels (the large maps), the threads split K and sum
+     their partial products, rather than packing the same rows twice.
+   - gemm_a_w, the forward (y = x W^T) and the input gradient (dL/dx = dL/dy W): C[M, N] = A[M, K] times the weight
+     W, M = pixels. The weight is packed once into KC x 16 panels; each thread takes whole 6-row tiles of the pixels
+     and reads A's rows in place, where BLIS would pack them: a row of a channels-last map is contiguous already.
+     Measured 3-5% faster than oneDNN's 1x1 convolution and its input gradient over MobileNet's layers here
+     (BENCHMARKS.md, session 16). */
 #include <immintrin.h>
 #include <omp.h>
 #include <stdint.h>
@@ -153,4 +159,92 @@ int gemm_at_b(const float *A, int64_t lda, const float *B, int64_t ldb, float *C
   }
   free(parts);
   return fail;
+}
+
+/* The mr x nr tile at c (row stride ldc) = (first ? 0 : itself) + the rows of A at a (row stride lda) [0:kc] times a
+   packed panel b [kc][NR]; rows past mr re-read row 0 (their sums are dropped) */
+static void tile_rows(int64_t kc, const float *a, int64_t lda, const float *b, float *c, int64_t ldc, int mr, int nr,
+                      int first) {
+  const float *a0 = a, *a1 = a + (mr > 1) * lda, *a2 = a + (mr > 2) * 2 * lda, *a3 = a + (mr > 3) * 3 * lda,
+              *a4 = a + (mr > 4) * 4 * lda, *a5 = a + (mr > 5) * 5 * lda;
+  __m256 acc[MR][2];
+  for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+#define ROW(r, p)                                \
+  x = _mm256_broadcast_ss(p + k);                \
+  acc[r][0] = _mm256_fmadd_ps(x, b0, acc[r][0]); \
+  acc[r][1] = _mm256_fmadd_ps(x, b1, acc[r][1]);
+  for (int64_t k = 0; k < kc; k++, b += NR) {
+    __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8), x;
+    ROW(0, a0) ROW(1, a1) ROW(2, a2) ROW(3, a3) ROW(4, a4) ROW(5, a5)
+  }
+#undef ROW
+  if (nr == NR) {
+    for (int r = 0; r < mr; r++) {
+      float *o = c + r * ldc;
+      if (!first) {
+        acc[r][0] = _mm256_add_ps(_mm256_loadu_ps(o), acc[r][0]);
+        acc[r][1] = _mm256_add_ps(_mm256_loadu_ps(o + 8), acc[r][1]);
+      }
+      _mm256_storeu_ps(o, acc[r][0]);
+      _mm256_storeu_ps(o + 8, acc[r][1]);
+    }
+    return;
+  }
+  float t[MR][NR];
+  for (int r = 0; r < MR; r++) {
+    _mm256_storeu_ps(t[r], acc[r][0]);
+    _mm256_storeu_ps(t[r] + 8, acc[r][1]);
+  }
+  for (int r = 0; r < mr; r++)
+    for (int j = 0; j < nr; j++) c[r * ldc + j] = first ? t[r][j] : c[r * ldc + j] + t[r][j];
+}
+
+#define KC_ROWS 512 /* K per packed weight panel in gemm_a_w (a 6-row tile's A: 12 KB, in L1) */
+#define MC_ROWS 96  /* pixels per block in gemm_a_w: its rows of A (<= 192 KB) stay in L2 across the weight's panels */
+
+/* C[M, N] (row stride N) = A[M, K] (row stride lda) times B, where B[k][n] is W[n * ldw + k] when trans_w (the
+   forward: W = [C_out][C_in], K = C_in, N = C_out) or W[k * ldw + n] (the input gradient: W as stored, K = C_out,
+   N = C_in). Returns 0, or 1 when the packed weight's memory cannot be had (C is then untouched). */
+int gemm_a_w(const float *A, int64_t lda, const float *W, int64_t ldw, int trans_w, float *C, int64_t M, int64_t K,
+             int64_t N) {
+  if (M == 0 || N == 0) return 0;
+  if (K == 0) {
+    memset(C, 0, (size_t)M * N * sizeof(float));
+    return 0;
+  }
+  int64_t np = (N + NR - 1) / NR * NR; /* N padded to whole panels */
+  float *Bp = aligned_alloc(64, ((size_t)K * np * sizeof(float) + 63) / 64 * 64);
+  if (!Bp) return 1;
+#pragma omp parallel
+  {
+    /* the weight, packed: block p0 (K from p0, kc long), panel n0: Bp[p0 * np + n0 * kc + k * NR + c] */
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t p0 = 0; p0 < K; p0 += KC_ROWS)
+      for (int64_t n0 = 0; n0 < np; n0 += NR) {
+        int64_t kc = min64(K - p0, KC_ROWS);
+        float *p = Bp + p0 * np + n0 * kc;
+        for (int64_t k = 0; k < kc; k++)
+          for (int c = 0; c < NR; c++) {
+            int64_t n = n0 + c;
+            p[k * NR + c] = n >= N ? 0.f : trans_w ? W[n * ldw + p0 + k] : W[(p0 + k) * ldw + n];
+          }
+      }
+    int t = omp_get_thread_num(), T = omp_get_num_threads();
+    int64_t tiles = (M + MR - 1) / MR;
+    int64_t m0 = min64(tiles * t / T * MR, M), m1 = min64(tiles * (t + 1) / T * MR, M);
+    for (int64_t ic = m0; ic < m1; ic += MC_ROWS) {
+      int64_t mc = min64(m1 - ic, MC_ROWS);
+      for (int64_t p0 = 0; p0 < K; p0 += KC_ROWS) {
+        int64_t kc = min64(K - p0, KC_ROWS);
+        for (int64_t n0 = 0; n0 < N; n0 += NR) {
+          int nr = (int)min64(N - n0, NR);
+          for (int64_t i = 0; i < mc; i += MR)
+            tile_rows(kc, A + (ic + i) * lda + p0, lda, Bp + p0 * np + n0 * kc, C + (ic + i) * N + n0, N,
+                      (int)min64(mc - i, MR), nr, p0 == 0);
+        }
+      }
+    }
+  }
+  free(Bp);
+  return 0;
 }
