@@ -134,7 +134,7 @@ def build(name: str, size: int, batch: int):
             if name.endswith("-unpaired"):
                 fused.sequential = lambda blocks, x: blocks(x)  # every block on its own, as before the pairing
             if name.endswith("-convbwd"):
-                fused.pointwise = lambda conv, x: conv(x)  # PyTorch's convolution and its backward
+                fused.pointwise = lambda conv, x, stats=None: fused.fill_stats(conv(x), stats)  # PyTorch's
             if name.endswith("-pairs"):
                 fused._depthwise_bn_relu_fusable = lambda block, x: False
             if name.endswith("-dnnfwd"):

@@ -227,16 +227,23 @@ def test_gemm_a_w_against_float64(m, k, n, trans_w, threads):
     w = torch.randn(w_shape[0], w_shape[1] + 5, generator=g)[:, : w_shape[1]]
     buffer = torch.full((m * n + 64,), float("nan"))
     c = buffer[: m * n].view(m, n)
+    shift, sums = torch.full((n,), float("nan")), torch.full((2, n), float("nan"), dtype=torch.float64)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         args = (a.data_ptr(), k + 3, w.data_ptr(), w_shape[1] + 5, trans_w, c.data_ptr(), m, k, n)
-        fused._call(fused.load().gemm_a_w, *args)
+        fused._call(fused.load().gemm_a_w, *args, shift.data_ptr(), sums.data_ptr())
+        plain = torch.full_like(c, float("nan"))
+        fused._call(fused.load().gemm_a_w, *args[:5], plain.data_ptr(), m, k, n, None, None)
     finally:
         torch.set_num_threads(before)
     exact = a.double() @ (w.double().t() if trans_w else w.double())
     assert _error(c, exact) <= 1e-6 * max(exact.abs().max().item(), 1.0), _error(c, exact)
-    assert buffer[m * n :].isnan().all()
+    assert buffer[m * n :].isnan().all() and torch.equal(plain, c)
+    # the batch statistics: the shift is C's first row, the sums those of C's values about it, as float64 sums them
+    assert torch.equal(shift, c[0])
+    d = c.double() - shift.double()
+    torch.testing.assert_close(sums, torch.stack([d.sum(0), (d * d).sum(0)]), rtol=1e-5, atol=1e-6 * m)
 
 
 @pytest.mark.parametrize("c_in", [16, 128, 200])  # gradients by oneDNN / by gemm.c: full and partial tiles
@@ -565,12 +572,16 @@ def test_a_training_step_matches_the_unfused_model(monkeypatch):
     calls, dw_calls, pair_calls, block_calls, pw_calls = [], [], [], [], []
     real_bn, real_dw, real_pair = fused.batch_norm_relu, fused.depthwise, fused.batch_norm_relu_depthwise
     real_pw, real_block = fused.pointwise, fused.depthwise_block
-    monkeypatch.setattr(fused, "batch_norm_relu", lambda bn, x: calls.append(bn) or real_bn(bn, x))
+    monkeypatch.setattr(fused, "batch_norm_relu", lambda bn, x, st=None: calls.append((bn, st)) or real_bn(bn, x, st))
     monkeypatch.setattr(fused, "depthwise", lambda conv, x: dw_calls.append(conv) or real_dw(conv, x))
-    monkeypatch.setattr(fused, "pointwise", lambda conv, x: pw_calls.append(conv) or real_pw(conv, x))
-    pair = lambda bn, conv, x: pair_calls.append((bn, conv)) or real_pair(bn, conv, x)  # noqa: E731
+    monkeypatch.setattr(fused, "pointwise", lambda conv, x, st=None: pw_calls.append(conv) or real_pw(conv, x, st))
+    pair = lambda bn, conv, x, st=None: pair_calls.append((bn, conv)) or real_pair(bn, conv, x, st)  # noqa: E731
     monkeypatch.setattr(fused, "batch_norm_relu_depthwise", pair)
-    block = lambda bn1, conv, bn2, x: block_calls.append((bn1, conv, bn2)) or real_block(bn1, conv, bn2, x)  # noqa: E731
+
+    def block(bn1, conv, bn2, x, stats=None):
+        block_calls.append((bn1, conv, bn2, stats))
+        return real_block(bn1, conv, bn2, x, stats)
+
     monkeypatch.setattr(fused, "depthwise_block", block)
     stem_calls, real_stem = [], fused.conv3x3
     monkeypatch.setattr(fused, "conv3x3", lambda conv, x: stem_calls.append(conv) or real_stem(conv, x))
@@ -586,14 +597,16 @@ def test_a_training_step_matches_the_unfused_model(monkeypatch):
     # own BN + ReLU (DepthwiseBlock); the one block left, the last pointwise one, took the BN + ReLU kernel; `ref`
     # took none
     blocks = [m for m in model.modules() if isinstance(m, ConvBNAct)]
-    assert [tuple(map(id, t)) for t in block_calls] == [
+    assert [tuple(map(id, t[:3])) for t in block_calls] == [
         (id(p.bn), id(m.conv), id(m.bn)) for p, m in zip(blocks, blocks[1:]) if m.conv.groups > 1
     ]
+    # each batch norm after a 1×1 convolution took the statistics its matrix product summed; the stem's did not
+    assert [t[3] is not None for t in block_calls] == [False] + [True] * 12
     assert len(block_calls) == 13 and not dw_calls and not pair_calls
     pointwise = [m.conv for m in blocks if m.conv.kernel_size == (1, 1)]
     assert [id(c) for c in pw_calls] == list(map(id, pointwise)) and len(pointwise) == 13
     assert 0 < sum(c.in_channels >= fused.GEMM_MIN_CHANNELS for c in pointwise) < 13  # both gradient paths
-    assert [id(b) for b in calls] == [id(blocks[-1].bn)]
+    assert [id(b) for b, _ in calls] == [id(blocks[-1].bn)] and calls[0][1] is not None
     assert stem_calls == [blocks[0].conv]  # the stem's weight gradient by conv3x3.c
     assert losses[1] == pytest.approx(losses[2], rel=1e-5)
     # against the float64 model: per tensor within 5× PyTorch's float32 error (or 1e-3 of the tensor's scale);
@@ -624,7 +637,7 @@ def test_under_bf16_autocast_only_batch_norm_takes_a_kernel(monkeypatch):
     fused.enable(model)
     calls, dw_calls = [], []
     real_bn, real_dw = fused.batch_norm_relu, fused.depthwise
-    monkeypatch.setattr(fused, "batch_norm_relu", lambda bn, x: calls.append(x.dtype) or real_bn(bn, x))
+    monkeypatch.setattr(fused, "batch_norm_relu", lambda bn, x, st=None: calls.append(x.dtype) or real_bn(bn, x, st))
     monkeypatch.setattr(fused, "depthwise", lambda conv, x: dw_calls.append(conv) or real_dw(conv, x))
     x = torch.randn(8, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (8,))

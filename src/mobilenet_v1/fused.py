@@ -73,7 +73,8 @@ _SIGNATURES = {  # the C functions' arguments (csrc/*.c)
     "dw3x3_forward": [_P, *_BN, _P, _P, *_SHAPE, _P, _P],  # x, BN, taps, y, shape, y's shift and statistics
     "conv3x3_grad_weight": [_P, _P, _P, *[_I64] * 7, _INT],  # gy, x, gw, N, H, W, C_in, C_out, OH, OW, stride
     "gemm_at_b": [_P, _I64, _P, _I64, _P, _I64, _I64, _I64],  # A, lda, B, ldb, C, K, M, N: C[M, N] = Aᵀ·B
-    "gemm_a_w": [_P, _I64, _P, _I64, _INT, _P, _I64, _I64, _I64],  # A, lda, W, ldw, trans_w, C, M, K, N: C = A·op(W)
+    "gemm_a_w": [_P, _I64, _P, _I64, _INT, _P, _I64, _I64, _I64, _P, _P],  # A, lda, W, ldw, trans_w, C, M, K, N,
+    # shift, sums: C = A·op(W) and (sums not NULL) C's batch statistics
     "dw3x3_backward": [_P, _P, _P, _P, _P, *_SHAPE, *_BN, _P, *_BN_GRAD],  # gy, x, taps, gx, gw, shape, BN, its sums
 }
 
@@ -148,15 +149,35 @@ def _call(fn, *args) -> None:
         raise MemoryError(f"{fn.__name__}: no memory for the kernel's scratch buffers")
 
 
-def _bn_forward(lib, x, weight, bias, running_mean, running_var, momentum: float, eps: float):
-    """Batch statistics of x (updating the running ones as ``F.batch_norm`` does) and the float32 scale/shift
-    (mean32, a, b) of y = max((x - mean32)·a + b, 0); returns (mean, mean32, invstd, a, b)."""
+def _map_stats(lib, x, stats=None):
+    """(shift [C] float32, sums [2, C] float64): the sums of x - shift and (x - shift)² per channel, shift being the
+    first pixel's values (against cancellation); ``stats`` when given, summed by the kernel that wrote x."""
+    if stats is not None:
+        return stats
     n, c, h, w = x.shape
-    stats = torch.empty(2, c, dtype=torch.float64)
-    shift = x[0, :, 0, 0].float().contiguous()  # the kernel sums x - shift (against cancellation)
+    sums = torch.empty(2, c, dtype=torch.float64)
+    shift = x[0, :, 0, 0].float().contiguous()
     bf16 = int(x.dtype == torch.bfloat16)
-    _call(lib.bn_relu_stats, _ptr(x), n * h * w, c, _ptr(shift), _ptr(stats[0]), _ptr(stats[1]), bf16)
-    return _bn_from_stats(stats, shift, n * h * w, weight, bias, running_mean, running_var, momentum, eps)
+    _call(lib.bn_relu_stats, _ptr(x), n * h * w, c, _ptr(shift), _ptr(sums[0]), _ptr(sums[1]), bf16)
+    return shift, sums
+
+
+def fill_stats(x: torch.Tensor, stats=None) -> torch.Tensor:
+    """x, after writing its batch statistics into ``stats`` (shift, sums) where given: for a map whose writer could not
+    sum them (:func:`_map_stats`)"""
+    if stats is not None:
+        for got, want in zip(stats, _map_stats(load(), x)):
+            got.copy_(want)
+    return x
+
+
+def _bn_forward(lib, x, weight, bias, running_mean, running_var, momentum: float, eps: float, stats=None):
+    """Batch statistics of x (updating the running ones as ``F.batch_norm`` does) and the float32 scale/shift
+    (mean32, a, b) of y = max((x - mean32)·a + b, 0); returns (mean, mean32, invstd, a, b). ``stats``: x's sums, as
+    :func:`_map_stats` returns them, where the kernel that wrote x summed them."""
+    n, c, h, w = x.shape
+    shift, sums = _map_stats(lib, x, stats)
+    return _bn_from_stats(sums, shift, n * h * w, weight, bias, running_mean, running_var, momentum, eps)
 
 
 def _bn_from_stats(stats, shift, m: int, weight, bias, running_mean, running_var, momentum: float, eps: float):
@@ -219,9 +240,10 @@ class BatchNormReLU(torch.autograd.Function):
     """relu(batch_norm(x, training=True)) with the running statistics updated as ``nn.BatchNorm2d`` does."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, momentum: float, eps: float):
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum: float, eps: float, stats=None):
         lib = load()
-        mean, mean32, invstd, a, b = _bn_forward(lib, x, weight, bias, running_mean, running_var, momentum, eps)
+        bn = (weight, bias, running_mean, running_var, momentum, eps)
+        mean, mean32, invstd, a, b = _bn_forward(lib, x, *bn, stats)
         y = _bn_relu_apply(lib, x, mean32, a, b)
         ctx.save_for_backward(x, weight, mean, mean32, invstd, a, b)
         return y
@@ -233,7 +255,7 @@ class BatchNormReLU(torch.autograd.Function):
         x, weight, mean, mean32, invstd, a, b = ctx.saved_tensors
         gy = gy.to(x.dtype).contiguous(memory_format=torch.channels_last)
         sums = _bn_grad_sums(lib, gy, x, mean32, a, b)
-        return *_bn_backward(lib, gy, x, weight, mean, mean32, invstd, a, b, sums), None, None, None, None
+        return *_bn_backward(lib, gy, x, weight, mean, mean32, invstd, a, b, sums), None, None, None, None, None
 
 
 def _fast_input(x: torch.Tensor, dtypes: tuple[torch.dtype, ...] = (torch.float32,), channel_multiple: int = 8) -> bool:
@@ -429,15 +451,19 @@ class PointwiseConv(torch.autograd.Function):
     [C_out][C_in] rows takes oneDNN's forward too."""
 
     @staticmethod
-    def forward(ctx, x, weight):
+    def forward(ctx, x, weight, stats=None):
+        """``stats``: None, or (shift, sums) that the product fills with y's batch statistics as it writes y
+        (:func:`_map_stats`), for the batch norm after it"""
         ctx.save_for_backward(x, weight)
         lib = load()
         n, c_in, h, w = x.shape
         if lib is None or not _rows_layout(weight):
-            return torch.nn.functional.conv2d(x, weight)
+            return fill_stats(torch.nn.functional.conv2d(x, weight), stats)
         c_out = weight.shape[0]
         y = torch.empty(n, c_out, h, w, memory_format=torch.channels_last)
-        _call(lib.gemm_a_w, _ptr(x), c_in, _ptr(weight), c_in, 1, _ptr(y), n * h * w, c_in, c_out)
+        shift, sums = stats or (None, None)
+        args = (_ptr(x), c_in, _ptr(weight), c_in, 1, _ptr(y), n * h * w, c_in, c_out, _ptr(shift), _ptr(sums))
+        _call(lib.gemm_a_w, *args)
         return y
 
     @staticmethod
@@ -458,12 +484,12 @@ class PointwiseConv(torch.autograd.Function):
                 gw = torch.empty_like(weight).copy_(gw)  # the weight's own, as DDP's gradient buckets expect
         if by_gemm and ctx.needs_input_grad[0]:
             gx = torch.empty_like(x, memory_format=torch.channels_last)
-            _call(lib.gemm_a_w, _ptr(gy), c_out, _ptr(weight), c_in, 0, _ptr(gx), n * h * w, c_out, c_in)
+            _call(lib.gemm_a_w, _ptr(gy), c_out, _ptr(weight), c_in, 0, _ptr(gx), n * h * w, c_out, c_in, None, None)
         if by_gemm and ctx.needs_input_grad[1]:
             x = x.contiguous(memory_format=torch.channels_last)  # as pointwise_applies checked: no copy
             gw = torch.empty_like(weight)  # the weight's own strides, as DDP's gradient buckets expect
             _call(lib.gemm_at_b, _ptr(gy), c_out, _ptr(x), c_in, _ptr(gw), n * h * w, c_out, c_in)
-        return gx, gw
+        return gx, gw, None
 
 
 def _rows_layout(weight: torch.Tensor) -> bool:
@@ -489,10 +515,21 @@ class BatchNormReLUDepthwise(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, x, bn_weight, bn_bias, running_mean, running_var, momentum: float, eps: float, weight, stride: int
+        ctx,
+        x,
+        bn_weight,
+        bn_bias,
+        running_mean,
+        running_var,
+        momentum: float,
+        eps: float,
+        weight,
+        stride: int,
+        stats=None,
     ):
         lib = load()
-        mean, mean32, invstd, a, b = _bn_forward(lib, x, bn_weight, bn_bias, running_mean, running_var, momentum, eps)
+        bn = (bn_weight, bn_bias, running_mean, running_var, momentum, eps)
+        mean, mean32, invstd, a, b = _bn_forward(lib, x, *bn, stats)
         y, taps = _depthwise_forward(lib, x, weight, stride, (mean32, a, b))
         ctx.save_for_backward(x, bn_weight, mean, mean32, invstd, a, b, taps)
         ctx.stride = stride
@@ -507,7 +544,7 @@ class BatchNormReLUDepthwise(torch.autograd.Function):
         need_gw = ctx.needs_input_grad[7]
         ga, gw, sums = _depthwise_backward_through_bn(lib, gy, x, taps, ctx.stride, need_gw, mean32, a, b)
         gx, g_bn_weight, g_bn_bias = _bn_backward(lib, ga, x, bn_weight, mean, mean32, invstd, a, b, sums)
-        return gx, g_bn_weight, g_bn_bias, None, None, None, None, gw, None
+        return gx, g_bn_weight, g_bn_bias, None, None, None, None, gw, None, None
 
 
 class DepthwiseBlock(torch.autograd.Function):
@@ -517,9 +554,9 @@ class DepthwiseBlock(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, bn1_weight, bn1_bias, rm1, rv1, momentum1: float, eps1: float, weight, stride: int,
-                bn2_weight, bn2_bias, rm2, rv2, momentum2: float, eps2: float):  # fmt: skip
+                bn2_weight, bn2_bias, rm2, rv2, momentum2: float, eps2: float, x_stats=None):  # fmt: skip
         lib = load()
-        mean1, mean1_32, invstd1, a1, b1 = _bn_forward(lib, x, bn1_weight, bn1_bias, rm1, rv1, momentum1, eps1)
+        mean1, mean1_32, invstd1, a1, b1 = _bn_forward(lib, x, bn1_weight, bn1_bias, rm1, rv1, momentum1, eps1, x_stats)
         c = x.shape[1]
         shift, stats = torch.empty(c), torch.empty(2, c, dtype=torch.float64)
         y, taps = _depthwise_forward(lib, x, weight, stride, (mean1_32, a1, b1), (shift, stats))
@@ -547,7 +584,7 @@ class DepthwiseBlock(torch.autograd.Function):
         ga, gw, sums1 = _depthwise_backward_through_bn(lib, gz, x, taps, ctx.stride, need_gw, mean1_32, a1, b1, bn_grad)
         gx, g_bn1_weight, g_bn1_bias = _bn_backward(lib, ga, x, bn1_weight, mean1, mean1_32, invstd1, a1, b1, sums1)
         none4 = (None,) * 4
-        return gx, g_bn1_weight, g_bn1_bias, *none4, gw, None, g_bn2_weight, g_bn2_bias, *none4
+        return gx, g_bn1_weight, g_bn1_bias, *none4, gw, None, g_bn2_weight, g_bn2_bias, *none4, None
 
 
 def _count_batch(bn: nn.BatchNorm2d) -> None:
@@ -555,33 +592,36 @@ def _count_batch(bn: nn.BatchNorm2d) -> None:
         bn.num_batches_tracked.add_(1)
 
 
-def batch_norm_relu(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+def batch_norm_relu(bn: nn.BatchNorm2d, x: torch.Tensor, stats=None) -> torch.Tensor:
+    """``relu(bn(x))``; ``stats``: x's batch statistics, where the kernel that wrote x summed them"""
     _count_batch(bn)
-    return BatchNormReLU.apply(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.momentum, bn.eps)
+    return BatchNormReLU.apply(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.momentum, bn.eps, stats)
 
 
 def depthwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return DepthwiseConv3x3.apply(x, conv.weight, conv.stride[0])
 
 
-def pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    return PointwiseConv.apply(x, conv.weight)
+def pointwise(conv: nn.Conv2d, x: torch.Tensor, stats=None) -> torch.Tensor:
+    return PointwiseConv.apply(x, conv.weight, stats)
 
 
-def batch_norm_relu_depthwise(bn: nn.BatchNorm2d, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+def batch_norm_relu_depthwise(bn: nn.BatchNorm2d, conv: nn.Conv2d, x: torch.Tensor, stats=None) -> torch.Tensor:
     """``conv(relu(bn(x)))`` without storing ``relu(bn(x))``"""
     _count_batch(bn)
     args = (x, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.momentum, bn.eps, conv.weight, conv.stride[0])
-    return BatchNormReLUDepthwise.apply(*args)
+    return BatchNormReLUDepthwise.apply(*args, stats)
 
 
-def depthwise_block(bn1: nn.BatchNorm2d, conv: nn.Conv2d, bn2: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+def depthwise_block(
+    bn1: nn.BatchNorm2d, conv: nn.Conv2d, bn2: nn.BatchNorm2d, x: torch.Tensor, stats=None
+) -> torch.Tensor:
     """``relu(bn2(conv(relu(bn1(x)))))`` without storing ``relu(bn1(x))`` or ``dL/dconv(...)``"""
     _count_batch(bn1)
     _count_batch(bn2)
     args = (x, bn1.weight, bn1.bias, bn1.running_mean, bn1.running_var, bn1.momentum, bn1.eps, conv.weight)
     args2 = (bn2.weight, bn2.bias, bn2.running_mean, bn2.running_var, bn2.momentum, bn2.eps)
-    return DepthwiseBlock.apply(*args, conv.stride[0], *args2)
+    return DepthwiseBlock.apply(*args, conv.stride[0], *args2, stats)
 
 
 def _hooked(module: nn.Module) -> bool:
@@ -598,16 +638,19 @@ def _hooked(module: nn.Module) -> bool:
     )
 
 
-def _conv(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _conv(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
+    """(``block.conv(x)``, its batch statistics where the 1×1 product summed them as it wrote it, else None)"""
     if _hooked(block.conv):
-        return block.conv(x)
+        return block.conv(x), None
     if depthwise_applies(block.conv, x):
-        return depthwise(block.conv, x)
+        return depthwise(block.conv, x), None
     if pointwise_applies(block.conv, x):
-        return pointwise(block.conv, x)
+        c = block.conv.out_channels
+        stats = torch.empty(c), torch.empty(2, c, dtype=torch.float64)
+        return pointwise(block.conv, x, stats), stats
     if conv3x3_applies(block.conv, x):
-        return conv3x3(block.conv, x)
-    return block.conv(x)
+        return conv3x3(block.conv, x), None
+    return block.conv(x), None
 
 
 def _unhooked_relu(block: nn.Module) -> bool:
@@ -630,13 +673,13 @@ def _depthwise_bn_relu_fusable(block: nn.Module, x: torch.Tensor) -> bool:
     )
 
 
-def _bn_act(block: nn.Module, y: torch.Tensor) -> torch.Tensor:
-    return batch_norm_relu(block.bn, y) if _bn_relu_fusable(block, y) else block.act(block.bn(y))
+def _bn_act(block: nn.Module, y: torch.Tensor, stats=None) -> torch.Tensor:
+    return batch_norm_relu(block.bn, y, stats) if _bn_relu_fusable(block, y) else block.act(block.bn(y))
 
 
 def conv_bn_act(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A ``ConvBNAct`` block's training forward, each part on a kernel where one applies."""
-    return _bn_act(block, _conv(block, x))
+    return _bn_act(block, *_conv(block, x))
 
 
 def _fused_block(m: nn.Module | None) -> bool:
@@ -657,7 +700,7 @@ def sequential(blocks: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         if not _fused_block(block):
             x, i = block(x), i + 1
             continue
-        y = _conv(block, x)
+        y, stats = _conv(block, x)
         if (
             _fused_block(nxt)
             and _bn_relu_fusable(block, y)
@@ -665,12 +708,12 @@ def sequential(blocks: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
             and not _hooked(nxt.conv)
         ):
             if _depthwise_bn_relu_fusable(nxt, y):
-                x = depthwise_block(block.bn, nxt.conv, nxt.bn, y)
+                x = depthwise_block(block.bn, nxt.conv, nxt.bn, y, stats)
             else:
-                x = _bn_act(nxt, batch_norm_relu_depthwise(block.bn, nxt.conv, y))
+                x = _bn_act(nxt, batch_norm_relu_depthwise(block.bn, nxt.conv, y, stats))
             i += 2
             continue
-        x, i = _bn_act(block, y), i + 1
+        x, i = _bn_act(block, y, stats), i + 1
     return x
 
 

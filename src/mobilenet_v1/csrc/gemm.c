@@ -202,20 +202,52 @@ static void tile_rows(int64_t kc, const float *a, int64_t lda, const float *b, f
 #define KC_ROWS 512 /* K per packed weight panel in gemm_a_w (a 6-row tile's A: 12 KB, in L1) */
 #define MC_ROWS 96  /* pixels per block in gemm_a_w: its rows of A (<= 192 KB) stay in L2 across the weight's panels */
 
+/* Adds the finished mr x nr tile at c (row stride ldc)'s column sums of (c - k) and (c - k)^2 to s1, s2 */
+static void tile_sums(const float *c, int64_t ldc, int mr, int nr, const float *k, double *s1, double *s2) {
+  if (nr < NR) {
+    for (int j = 0; j < nr; j++)
+      for (int r = 0; r < mr; r++) {
+        double d = (double)c[r * ldc + j] - (double)k[j];
+        s1[j] += d;
+        s2[j] += d * d;
+      }
+    return;
+  }
+  for (int h = 0; h < NR; h += 8) {
+    __m256 kk = _mm256_loadu_ps(k + h), a = _mm256_setzero_ps(), q = _mm256_setzero_ps();
+    for (int r = 0; r < mr; r++) {
+      __m256 d = _mm256_sub_ps(_mm256_loadu_ps(c + r * ldc + h), kk);
+      a = _mm256_add_ps(a, d);
+      q = _mm256_fmadd_ps(d, d, q);
+    }
+    __m256d a0 = _mm256_cvtps_pd(_mm256_castps256_ps128(a)), a1 = _mm256_cvtps_pd(_mm256_extractf128_ps(a, 1));
+    __m256d q0 = _mm256_cvtps_pd(_mm256_castps256_ps128(q)), q1 = _mm256_cvtps_pd(_mm256_extractf128_ps(q, 1));
+    _mm256_storeu_pd(s1 + h, _mm256_add_pd(_mm256_loadu_pd(s1 + h), a0));
+    _mm256_storeu_pd(s1 + h + 4, _mm256_add_pd(_mm256_loadu_pd(s1 + h + 4), a1));
+    _mm256_storeu_pd(s2 + h, _mm256_add_pd(_mm256_loadu_pd(s2 + h), q0));
+    _mm256_storeu_pd(s2 + h + 4, _mm256_add_pd(_mm256_loadu_pd(s2 + h + 4), q1));
+  }
+}
+
 /* C[M, N] (row stride N) = A[M, K] (row stride lda) times B, where B[k][n] is W[n * ldw + k] when trans_w (the
    forward: W = [C_out][C_in], K = C_in, N = C_out) or W[k * ldw + n] (the input gradient: W as stored, K = C_out,
-   N = C_in). Returns 0, or 1 when the packed weight's memory cannot be had (C is then untouched). */
+   N = C_in). With sums (float64 [2][N]): also C's column sums of (C - shift) and (C - shift)^2, the batch norm's
+   statistics (csrc/bn_relu.c's bn_relu_stats), with shift [N] (written here) C's first row, against cancellation.
+   Returns 0, or 1 when the scratch memory cannot be had (C is then untouched). */
 int gemm_a_w(const float *A, int64_t lda, const float *W, int64_t ldw, int trans_w, float *C, int64_t M, int64_t K,
-             int64_t N) {
+             int64_t N, float *shift, double *sums) {
   if (M == 0 || N == 0) return 0;
-  if (K == 0) {
-    memset(C, 0, (size_t)M * N * sizeof(float));
-    return 0;
-  }
   int64_t np = (N + NR - 1) / NR * NR; /* N padded to whole panels */
-  float *Bp = aligned_alloc(64, ((size_t)K * np * sizeof(float) + 63) / 64 * 64);
-  if (!Bp) return 1;
-#pragma omp parallel
+  int nt = omp_get_max_threads();
+  float *Bp = aligned_alloc(64, ((size_t)(K > 0 ? K : 1) * np * sizeof(float) + 63) / 64 * 64);
+  double *parts = sums ? calloc((size_t)nt * 2 * np, sizeof(double)) : NULL; /* each thread's column sums */
+  if (!Bp || (sums && !parts)) {
+    free(Bp);
+    free(parts);
+    return 1;
+  }
+  if (K == 0) memset(C, 0, (size_t)M * N * sizeof(float));
+#pragma omp parallel num_threads(nt)
   {
     /* the weight, packed: block p0 (K from p0, kc long), panel n0: Bp[p0 * np + n0 * kc + k * NR + c] */
 #pragma omp for collapse(2) schedule(static)
@@ -230,21 +262,47 @@ int gemm_a_w(const float *A, int64_t lda, const float *W, int64_t ldw, int trans
           }
       }
     int t = omp_get_thread_num(), T = omp_get_num_threads();
+    if (sums && t == 0) { /* the shift: C's first row, as the tiles will compute it */
+      for (int64_t n0 = 0; n0 < N; n0 += NR) {
+        if (K == 0) memset(shift + n0, 0, (size_t)min64(N - n0, NR) * sizeof(float));
+        for (int64_t p0 = 0; p0 < K; p0 += KC_ROWS)
+          tile_rows(min64(K - p0, KC_ROWS), A + p0, lda, Bp + p0 * np + n0 * min64(K - p0, KC_ROWS), shift + n0, 0,
+                    1, (int)min64(N - n0, NR), p0 == 0);
+      }
+    }
+#pragma omp barrier
     int64_t tiles = (M + MR - 1) / MR;
     int64_t m0 = min64(tiles * t / T * MR, M), m1 = min64(tiles * (t + 1) / T * MR, M);
+    double *s1 = parts ? parts + (size_t)t * 2 * np : NULL, *s2 = parts ? s1 + np : NULL;
     for (int64_t ic = m0; ic < m1; ic += MC_ROWS) {
       int64_t mc = min64(m1 - ic, MC_ROWS);
       for (int64_t p0 = 0; p0 < K; p0 += KC_ROWS) {
         int64_t kc = min64(K - p0, KC_ROWS);
+        int last = p0 + kc == K;
         for (int64_t n0 = 0; n0 < N; n0 += NR) {
           int nr = (int)min64(N - n0, NR);
-          for (int64_t i = 0; i < mc; i += MR)
-            tile_rows(kc, A + (ic + i) * lda + p0, lda, Bp + p0 * np + n0 * kc, C + (ic + i) * N + n0, N,
-                      (int)min64(mc - i, MR), nr, p0 == 0);
+          for (int64_t i = 0; i < mc; i += MR) {
+            int mr = (int)min64(mc - i, MR);
+            float *c = C + (ic + i) * N + n0;
+            tile_rows(kc, A + (ic + i) * lda + p0, lda, Bp + p0 * np + n0 * kc, c, N, mr, nr, p0 == 0);
+            if (s1 && last) tile_sums(c, N, mr, nr, shift + n0, s1 + n0, s2 + n0);
+          }
         }
       }
+      if (s1 && K == 0)
+        for (int64_t n0 = 0; n0 < N; n0 += NR)
+          for (int64_t i = 0; i < mc; i += MR)
+            tile_sums(C + (ic + i) * N + n0, N, (int)min64(mc - i, MR), (int)min64(N - n0, NR), shift + n0, s1 + n0,
+                      s2 + n0);
     }
   }
+  if (sums)
+    for (int64_t n = 0; n < N; n++) {
+      double a = 0, q = 0;
+      for (int t = 0; t < nt; t++) a += parts[(size_t)t * 2 * np + n], q += parts[(size_t)t * 2 * np + np + n];
+      sums[n] = a, sums[N + n] = q;
+    }
   free(Bp);
+  free(parts);
   return 0;
 }
