@@ -51,7 +51,10 @@ CONFIGS = {
     # convolution below, in place of csrc/gemm.c
     "ours-cl-tuned-fused-mmgrad": ("ours", True, False, False, True),
     # the 1×1 forward and input gradient as in sessions 9-15: oneDNN's convolutions, in place of csrc/gemm.c's gemm_a_w
+    # (each 1×1 convolution on its own, its batch statistics by a pass over its output)
     "ours-cl-tuned-fused-dnnfwd": ("ours", True, False, False, True),
+    # gemm_a_w, but each 1×1 convolution on its own: not inside the depthwise block before it (session 16's first step)
+    "ours-cl-tuned-fused-pwapart": ("ours", True, False, False, True),
 }
 FUSED = {n for n in CONFIGS if n.startswith("ours-cl-tuned-fused")}
 
@@ -77,12 +80,15 @@ def _pointwise_backward_by_mm(ctx, gy):
     return gx, gw
 
 
-def _pointwise_forward_by_onednn(ctx, x, weight):
-    """Sessions 9-15's ``fused.PointwiseConv.forward``: oneDNN's convolution."""
+def _pointwise_forward_by_onednn(ctx, x, weight, stats=None):
+    """Sessions 9-15's ``fused.PointwiseConv.forward``: oneDNN's convolution (and the batch statistics of its output
+    by a pass over it, as the batch norm after it took them then)."""
     import torch
 
+    from mobilenet_v1 import fused
+
     ctx.save_for_backward(x, weight)
-    return torch.nn.functional.conv2d(x, weight)
+    return fused.fill_stats(torch.nn.functional.conv2d(x, weight), stats)
 
 
 def _pointwise_backward_onednn_input(ctx, gy):
@@ -104,8 +110,8 @@ def _pointwise_backward_onednn_input(ctx, gy):
         gw = torch.empty_like(weight)
         lib = fused.load()
         fused._call(lib.gemm_at_b, gy.data_ptr(), weight.shape[0], x.data_ptr(), c_in, gw.data_ptr(), n * h * w,
-                    weight.shape[0], c_in)  # fmt: skip
-    return gx, gw
+                    weight.shape[0], c_in, *fused._NO_BN)  # fmt: skip
+    return gx, gw, None
 
 
 def build(name: str, size: int, batch: int):
@@ -137,6 +143,8 @@ def build(name: str, size: int, batch: int):
                 fused.pointwise = lambda conv, x, stats=None: fused.fill_stats(conv(x), stats)  # PyTorch's
             if name.endswith("-pairs"):
                 fused._depthwise_bn_relu_fusable = lambda block, x: False
+            if name.endswith(("-dnnfwd", "-pwapart")):
+                fused._takes_depthwise_output = lambda block, y: False
             if name.endswith("-dnnfwd"):
                 fused.PointwiseConv.forward = staticmethod(_pointwise_forward_by_onednn)
                 fused.PointwiseConv.backward = staticmethod(_pointwise_backward_onednn_input)

@@ -172,7 +172,16 @@ def test_depthwise_matches_conv2d(stride, size, channels):
         assert _error(g, e) <= 2 * _error(p, e) + floor, (name, _error(g, e), _error(p, e))
 
 
+def _bn_relu_columns(x: torch.Tensor, g: torch.Generator):
+    """A batch norm + ReLU per column of x, as the kernels take it ((mean, scale, shift), float32, contiguous), and
+    x through it; the negative scales and shifts zero a part of every column."""
+    c = x.shape[1]
+    bn = torch.randn(c, generator=g), torch.randn(c, generator=g), torch.randn(c, generator=g)
+    return tuple(t.data_ptr() for t in bn), bn, torch.relu((x - bn[0]) * bn[1] + bn[2])
+
+
 @needs_kernel
+@pytest.mark.parametrize("bn", [False, True])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize(
     ("k", "m", "n"),
@@ -185,27 +194,29 @@ def test_depthwise_matches_conv2d(stride, size, channels):
         (0, 12, 16),  # no terms: zeros
     ],
 )
-def test_gemm_at_b_against_float64(k, m, n, threads):
+def test_gemm_at_b_against_float64(k, m, n, threads, bn):
     """``gemm_at_b``'s C = Aᵀ·B against float64 at any thread count, with rows longer than the matrix (strided
-    views, as a channels-last map's channels may be): within a few float32 roundings of the scale (torch.mm's own
-    error on these sums: ~3e-7)."""
+    views, as a channels-last map's channels may be), and with B read through a batch norm + ReLU: within a few
+    float32 roundings of the scale (torch.mm's own error on these sums: ~3e-7)."""
     g = torch.Generator().manual_seed(k + m + n)
     a_rows, b_rows = torch.randn(k, m + 3, generator=g), torch.randn(k, n + 5, generator=g)
     a, b = a_rows[:, :m], b_rows[:, :n]
+    bn_ptrs, _keep, b_bn = _bn_relu_columns(b, g) if bn else (fused._NO_BN, None, b)
     buffer = torch.full((m * n + 64,), float("nan"))  # C, then a tail that must stay untouched
     c = buffer[: m * n].view(m, n)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        fused._call(fused.load().gemm_at_b, a.data_ptr(), m + 3, b.data_ptr(), n + 5, c.data_ptr(), k, m, n)
+        fused._call(fused.load().gemm_at_b, a.data_ptr(), m + 3, b.data_ptr(), n + 5, c.data_ptr(), k, m, n, *bn_ptrs)
     finally:
         torch.set_num_threads(before)
-    exact = a.double().t() @ b.double()
+    exact = a.double().t() @ b_bn.double()
     assert _error(c, exact) <= 1e-6 * max(exact.abs().max().item(), 1.0), _error(c, exact)
     assert buffer[m * n :].isnan().all()
 
 
 @needs_kernel
+@pytest.mark.parametrize("bn", [False, True])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("trans_w", [1, 0])  # the forward's x·Wᵀ, the input gradient's dL/dy·W
 @pytest.mark.parametrize(
@@ -218,11 +229,13 @@ def test_gemm_at_b_against_float64(k, m, n, threads):
         (50, 0, 16),  # no terms: zeros
     ],
 )
-def test_gemm_a_w_against_float64(m, k, n, trans_w, threads):
+def test_gemm_a_w_against_float64(m, k, n, trans_w, threads, bn):
     """``gemm_a_w``'s C = A·Wᵀ (trans_w) or A·W against float64 at any thread count, with rows of A and W longer than
-    the matrix (strided views): within a few float32 roundings of the scale, and nothing written past C."""
+    the matrix (strided views), and with A read through a batch norm + ReLU: within a few float32 roundings of the
+    scale, and nothing written past C."""
     g = torch.Generator().manual_seed(m + k + n + trans_w)
     a = torch.randn(m, k + 3, generator=g)[:, :k]
+    bn_ptrs, _keep, a_bn = _bn_relu_columns(a, g) if bn else (fused._NO_BN, None, a)
     w_shape = (n, k) if trans_w else (k, n)
     w = torch.randn(w_shape[0], w_shape[1] + 5, generator=g)[:, : w_shape[1]]
     buffer = torch.full((m * n + 64,), float("nan"))
@@ -232,12 +245,12 @@ def test_gemm_a_w_against_float64(m, k, n, trans_w, threads):
     torch.set_num_threads(threads)
     try:
         args = (a.data_ptr(), k + 3, w.data_ptr(), w_shape[1] + 5, trans_w, c.data_ptr(), m, k, n)
-        fused._call(fused.load().gemm_a_w, *args, shift.data_ptr(), sums.data_ptr())
+        fused._call(fused.load().gemm_a_w, *args, shift.data_ptr(), sums.data_ptr(), *bn_ptrs)
         plain = torch.full_like(c, float("nan"))
-        fused._call(fused.load().gemm_a_w, *args[:5], plain.data_ptr(), m, k, n, None, None)
+        fused._call(fused.load().gemm_a_w, *args[:5], plain.data_ptr(), m, k, n, None, None, *bn_ptrs)
     finally:
         torch.set_num_threads(before)
-    exact = a.double() @ (w.double().t() if trans_w else w.double())
+    exact = a_bn.double() @ (w.double().t() if trans_w else w.double())
     assert _error(c, exact) <= 1e-6 * max(exact.abs().max().item(), 1.0), _error(c, exact)
     assert buffer[m * n :].isnan().all() and torch.equal(plain, c)
     # the batch statistics: the shift is C's first row, the sums those of C's values about it, as float64 sums them
@@ -578,9 +591,9 @@ def test_a_training_step_matches_the_unfused_model(monkeypatch):
     pair = lambda bn, conv, x, st=None: pair_calls.append((bn, conv)) or real_pair(bn, conv, x, st)  # noqa: E731
     monkeypatch.setattr(fused, "batch_norm_relu_depthwise", pair)
 
-    def block(bn1, conv, bn2, x, stats=None):
-        block_calls.append((bn1, conv, bn2, stats))
-        return real_block(bn1, conv, bn2, x, stats)
+    def block(bn1, conv, bn2, x, stats=None, pointwise=None):
+        block_calls.append((bn1, conv, bn2, stats, pointwise and pointwise[0]))
+        return real_block(bn1, conv, bn2, x, stats, pointwise)
 
     monkeypatch.setattr(fused, "depthwise_block", block)
     stem_calls, real_stem = [], fused.conv3x3
@@ -603,9 +616,13 @@ def test_a_training_step_matches_the_unfused_model(monkeypatch):
     # each batch norm after a 1×1 convolution took the statistics its matrix product summed; the stem's did not
     assert [t[3] is not None for t in block_calls] == [False] + [True] * 12
     assert len(block_calls) == 13 and not dw_calls and not pair_calls
+    # a 1×1 convolution from GEMM_MIN_CHANNELS input channels ran inside the depthwise block before it, reading its
+    # batch norm + ReLU on the fly; the narrower ones ran on their own, with oneDNN's gradients
     pointwise = [m.conv for m in blocks if m.conv.kernel_size == (1, 1)]
-    assert [id(c) for c in pw_calls] == list(map(id, pointwise)) and len(pointwise) == 13
-    assert 0 < sum(c.in_channels >= fused.GEMM_MIN_CHANNELS for c in pointwise) < 13  # both gradient paths
+    wide = [c for c in pointwise if c.in_channels >= fused.GEMM_MIN_CHANNELS]
+    assert len(pointwise) == 13 and 0 < len(wide) < 13  # both paths
+    assert [id(t[4]) for t in block_calls if t[4] is not None] == list(map(id, wide))
+    assert [id(c) for c in pw_calls] == [id(c) for c in pointwise if c.in_channels < fused.GEMM_MIN_CHANNELS]
     assert [id(b) for b, _ in calls] == [id(blocks[-1].bn)] and calls[0][1] is not None
     assert stem_calls == [blocks[0].conv]  # the stem's weight gradient by conv3x3.c
     assert losses[1] == pytest.approx(losses[2], rel=1e-5)

@@ -62,6 +62,7 @@ _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SHAPE = [_I64, _I64, _I64, _I64, _I64, _I64, _INT]  # N, H, W, C, OH, OW, stride
 _F64 = ctypes.c_double
 _BN = [_P, _P, _P]  # mean, a, b of a batch norm + ReLU read in place of its output (NULL: none)
+_NO_BN = (None, None, None)
 _BN_GRAD = [_P] * 7  # y, mean, a, b, p, q, r: dL/dy through the next batch norm + ReLU of y (NULL: none)
 _SIGNATURES = {  # the C functions' arguments (csrc/*.c)
     "bn_relu_stats": [_P, _I64, _I64, _P, _P, _P, _INT],
@@ -72,9 +73,9 @@ _SIGNATURES = {  # the C functions' arguments (csrc/*.c)
     "bn_grad_coefficients": [_P, _P, _P, _P, _P, _P, _I64, _F64, _P, _P, _P, _P, _P],
     "dw3x3_forward": [_P, *_BN, _P, _P, *_SHAPE, _P, _P],  # x, BN, taps, y, shape, y's shift and statistics
     "conv3x3_grad_weight": [_P, _P, _P, *[_I64] * 7, _INT],  # gy, x, gw, N, H, W, C_in, C_out, OH, OW, stride
-    "gemm_at_b": [_P, _I64, _P, _I64, _P, _I64, _I64, _I64],  # A, lda, B, ldb, C, K, M, N: C[M, N] = Aᵀ·B
-    "gemm_a_w": [_P, _I64, _P, _I64, _INT, _P, _I64, _I64, _I64, _P, _P],  # A, lda, W, ldw, trans_w, C, M, K, N,
-    # shift, sums: C = A·op(W) and (sums not NULL) C's batch statistics
+    "gemm_at_b": [_P, _I64, _P, _I64, _P, _I64, _I64, _I64, *_BN],  # A, lda, B, ldb, C, K, M, N, BN: C[M, N] = Aᵀ·B
+    "gemm_a_w": [_P, _I64, _P, _I64, _INT, _P, _I64, _I64, _I64, _P, _P, *_BN],  # A, lda, W, ldw, trans_w, C, M, K, N,
+    # shift, sums, BN: C = A·op(W) and (sums not NULL) C's batch statistics
     "dw3x3_backward": [_P, _P, _P, _P, _P, *_SHAPE, *_BN, _P, *_BN_GRAD],  # gy, x, taps, gx, gw, shape, BN, its sums
 }
 
@@ -327,10 +328,12 @@ def depthwise_applies(conv: nn.Module, x: torch.Tensor) -> bool:
 
 
 def pointwise_applies(conv: nn.Module, x: torch.Tensor) -> bool:
-    """Whether :class:`PointwiseConv` can stand in for ``conv(x)``: a bias-free 1×1 ``nn.Conv2d``, stride 1."""
+    """Whether :class:`PointwiseConv` can stand in for ``conv(x)``: a bias-free 1×1 ``nn.Conv2d``, stride 1, of x's
+    channels (else PyTorch's convolution raises its error)."""
     return (
         _plain_conv(conv, x)
         and conv.groups == 1
+        and conv.weight.shape[1] == x.shape[1]
         and conv.kernel_size == (1, 1)
         and conv.stride == (1, 1)
         and conv.padding == (0, 0)
@@ -456,25 +459,17 @@ class PointwiseConv(torch.autograd.Function):
         (:func:`_map_stats`), for the batch norm after it"""
         ctx.save_for_backward(x, weight)
         lib = load()
-        n, c_in, h, w = x.shape
         if lib is None or not _rows_layout(weight):
             return fill_stats(torch.nn.functional.conv2d(x, weight), stats)
-        c_out = weight.shape[0]
-        y = torch.empty(n, c_out, h, w, memory_format=torch.channels_last)
-        shift, sums = stats or (None, None)
-        args = (_ptr(x), c_in, _ptr(weight), c_in, 1, _ptr(y), n * h * w, c_in, c_out, _ptr(shift), _ptr(sums))
-        _call(lib.gemm_a_w, *args)
-        return y
+        return _pointwise_forward(lib, x, weight, stats)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy):
         x, weight = ctx.saved_tensors
         gy = gy.contiguous(memory_format=torch.channels_last)
-        n, c_in, h, w = x.shape
-        c_out = weight.shape[0]
         lib = load()
-        by_gemm = lib is not None and c_in >= GEMM_MIN_CHANNELS and _rows_layout(weight)
+        by_gemm = lib is not None and x.shape[1] >= GEMM_MIN_CHANNELS and _rows_layout(weight)
         mask = [ctx.needs_input_grad[0] and not by_gemm, ctx.needs_input_grad[1] and not by_gemm, False]
         gx = gw = None
         if any(mask):
@@ -482,14 +477,36 @@ class PointwiseConv(torch.autograd.Function):
             gx, gw, _ = torch.ops.aten.convolution_backward(gy, x, weight, *args)
             if gw is not None and gw.stride() != weight.stride():  # oneDNN's are channels-last's
                 gw = torch.empty_like(weight).copy_(gw)  # the weight's own, as DDP's gradient buckets expect
-        if by_gemm and ctx.needs_input_grad[0]:
-            gx = torch.empty_like(x, memory_format=torch.channels_last)
-            _call(lib.gemm_a_w, _ptr(gy), c_out, _ptr(weight), c_in, 0, _ptr(gx), n * h * w, c_out, c_in, None, None)
-        if by_gemm and ctx.needs_input_grad[1]:
-            x = x.contiguous(memory_format=torch.channels_last)  # as pointwise_applies checked: no copy
-            gw = torch.empty_like(weight)  # the weight's own strides, as DDP's gradient buckets expect
-            _call(lib.gemm_at_b, _ptr(gy), c_out, _ptr(x), c_in, _ptr(gw), n * h * w, c_out, c_in)
+        if by_gemm:
+            gx, gw = _pointwise_backward(lib, gy, x, weight, ctx.needs_input_grad[:2])
         return gx, gw, None
+
+
+def _pointwise_forward(lib, x, weight, stats=None, bn=_NO_BN):
+    """y = x·Wᵀ on the channels-last views by ``gemm_a_w``, with y's batch statistics into ``stats`` where given,
+    and x read through bn = (mean32, a, b), a batch norm + ReLU, where given"""
+    n, c_in, h, w = x.shape
+    c_out = weight.shape[0]
+    y = torch.empty(n, c_out, h, w, memory_format=torch.channels_last)
+    shift, sums = stats or (None, None)
+    args = (_ptr(x), c_in, _ptr(weight), c_in, 1, _ptr(y), n * h * w, c_in, c_out, _ptr(shift), _ptr(sums))
+    _call(lib.gemm_a_w, *args, *map(_ptr, bn))
+    return y
+
+
+def _pointwise_backward(lib, gy, x, weight, needs=(True, True), bn=_NO_BN):
+    """(dL/dx, dL/dW) of :func:`_pointwise_forward` (each None unless ``needs`` it): ``gemm_a_w`` and ``gemm_at_b``"""
+    n, c_in, h, w = x.shape
+    c_out = weight.shape[0]
+    gx = gw = None
+    if needs[0]:
+        gx = torch.empty_like(x, memory_format=torch.channels_last)
+        args = (_ptr(gy), c_out, _ptr(weight), c_in, 0, _ptr(gx), n * h * w, c_out, c_in, None, None, *_NO_BN)
+        _call(lib.gemm_a_w, *args)
+    if needs[1]:
+        gw = torch.empty_like(weight)  # the weight's own strides, as DDP's gradient buckets expect
+        _call(lib.gemm_at_b, _ptr(gy), c_out, _ptr(x), c_in, _ptr(gw), n * h * w, c_out, c_in, *map(_ptr, bn))
+    return gx, gw
 
 
 def _rows_layout(weight: torch.Tensor) -> bool:
@@ -550,11 +567,16 @@ class BatchNormReLUDepthwise(torch.autograd.Function):
 class DepthwiseBlock(torch.autograd.Function):
     """``relu(bn2(depthwise(relu(bn1(x)))))``: :class:`BatchNormReLUDepthwise` followed by the depthwise block's own
     batch norm + ReLU, whose batch statistics the depthwise kernel sums from each output row as it writes it, and
-    whose backward the depthwise gradient kernels compute row by row as they read dL/dy (never stored)."""
+    whose backward the depthwise gradient kernels compute row by row as they read dL/dy (never stored).
+
+    With ``pw_weight``, the 1×1 convolution after it too: ``conv1x1(relu(bn2(...)))``, whose matrix products read
+    ``relu(bn2(y))`` from the depthwise output y as they go (forward and weight gradient), so that map is never
+    stored; its batch statistics into ``pw_stats`` (:func:`_map_stats`)."""
 
     @staticmethod
     def forward(ctx, x, bn1_weight, bn1_bias, rm1, rv1, momentum1: float, eps1: float, weight, stride: int,
-                bn2_weight, bn2_bias, rm2, rv2, momentum2: float, eps2: float, x_stats=None):  # fmt: skip
+                bn2_weight, bn2_bias, rm2, rv2, momentum2: float, eps2: float, x_stats=None, pw_weight=None,
+                pw_stats=None):  # fmt: skip
         lib = load()
         mean1, mean1_32, invstd1, a1, b1 = _bn_forward(lib, x, bn1_weight, bn1_bias, rm1, rv1, momentum1, eps1, x_stats)
         c = x.shape[1]
@@ -563,20 +585,26 @@ class DepthwiseBlock(torch.autograd.Function):
         m = y.shape[0] * y.shape[2] * y.shape[3]
         bn2 = (bn2_weight, bn2_bias, rm2, rv2, momentum2, eps2)
         mean2, mean2_32, invstd2, a2, b2 = _bn_from_stats(stats, shift, m, *bn2)
-        z = _bn_relu_apply(lib, y, mean2_32, a2, b2)
+        if pw_weight is None:
+            out = _bn_relu_apply(lib, y, mean2_32, a2, b2)
+        else:
+            out = _pointwise_forward(lib, y, pw_weight, pw_stats, (mean2_32, a2, b2))
         ctx.save_for_backward(x, bn1_weight, mean1, mean1_32, invstd1, a1, b1, taps, y, bn2_weight, mean2, mean2_32,
-                              invstd2, a2, b2)  # fmt: skip
+                              invstd2, a2, b2, pw_weight)  # fmt: skip
         ctx.stride = stride
-        return z
+        return out
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, gz):
+    def backward(ctx, g_out):
         lib = load()
-        x, bn1_weight, mean1, mean1_32, invstd1, a1, b1, taps, y, bn2_weight, mean2, mean2_32, invstd2, a2, b2 = (
+        x, bn1_weight, mean1, mean1_32, invstd1, a1, b1, taps, y, bn2_weight, mean2, mean2_32, invstd2, a2, b2, pw = (
             ctx.saved_tensors
         )
-        gz = gz.contiguous(memory_format=torch.channels_last)
+        gz = g_out.contiguous(memory_format=torch.channels_last)
+        g_pw = None
+        if pw is not None:  # dL/dz and dL/dW of the 1×1 convolution, z read through bn2 + ReLU
+            gz, g_pw = _pointwise_backward(lib, gz, y, pw, (True, ctx.needs_input_grad[16]), (mean2_32, a2, b2))
         sums2 = _bn_grad_sums(lib, gz, y, mean2_32, a2, b2)
         pqr, g_bn2_weight, g_bn2_bias = _bn_grad_coefficients(y, bn2_weight, mean2, mean2_32, invstd2, sums2)
         bn_grad = (y, mean2_32, a2, b2, *pqr)
@@ -584,7 +612,7 @@ class DepthwiseBlock(torch.autograd.Function):
         ga, gw, sums1 = _depthwise_backward_through_bn(lib, gz, x, taps, ctx.stride, need_gw, mean1_32, a1, b1, bn_grad)
         gx, g_bn1_weight, g_bn1_bias = _bn_backward(lib, ga, x, bn1_weight, mean1, mean1_32, invstd1, a1, b1, sums1)
         none4 = (None,) * 4
-        return gx, g_bn1_weight, g_bn1_bias, *none4, gw, None, g_bn2_weight, g_bn2_bias, *none4, None
+        return gx, g_bn1_weight, g_bn1_bias, *none4, gw, None, g_bn2_weight, g_bn2_bias, *none4, None, g_pw, None
 
 
 def _count_batch(bn: nn.BatchNorm2d) -> None:
@@ -614,14 +642,17 @@ def batch_norm_relu_depthwise(bn: nn.BatchNorm2d, conv: nn.Conv2d, x: torch.Tens
 
 
 def depthwise_block(
-    bn1: nn.BatchNorm2d, conv: nn.Conv2d, bn2: nn.BatchNorm2d, x: torch.Tensor, stats=None
+    bn1: nn.BatchNorm2d, conv: nn.Conv2d, bn2: nn.BatchNorm2d, x: torch.Tensor, stats=None, pointwise=None
 ) -> torch.Tensor:
-    """``relu(bn2(conv(relu(bn1(x)))))`` without storing ``relu(bn1(x))`` or ``dL/dconv(...)``"""
+    """``relu(bn2(conv(relu(bn1(x)))))`` without storing ``relu(bn1(x))`` or ``dL/dconv(...)``; with ``pointwise`` =
+    (a 1×1 ``nn.Conv2d``, (shift, sums) for its output's batch statistics), that convolution of it, without storing
+    ``relu(bn2(...))``"""
     _count_batch(bn1)
     _count_batch(bn2)
     args = (x, bn1.weight, bn1.bias, bn1.running_mean, bn1.running_var, bn1.momentum, bn1.eps, conv.weight)
     args2 = (bn2.weight, bn2.bias, bn2.running_mean, bn2.running_var, bn2.momentum, bn2.eps)
-    return DepthwiseBlock.apply(*args, conv.stride[0], *args2, stats)
+    pw_weight, pw_stats = (pointwise[0].weight, pointwise[1]) if pointwise else (None, None)
+    return DepthwiseBlock.apply(*args, conv.stride[0], *args2, stats, pw_weight, pw_stats)
 
 
 def _hooked(module: nn.Module) -> bool:
@@ -688,32 +719,55 @@ def _fused_block(m: nn.Module | None) -> bool:
     return type(m) is ConvBNAct and m.fused_training and m.training and not _hooked(m)  # a subclass keeps its forward
 
 
+def _takes_depthwise_output(block: nn.Module | None, y: torch.Tensor) -> bool:
+    """Whether ``block``'s 1×1 convolution may run inside the :class:`DepthwiseBlock` before it, reading its batch
+    norm + ReLU on the fly: on the matrix products (from :data:`GEMM_MIN_CHANNELS` input channels, as
+    :class:`PointwiseConv`'s gradients), of a map like y (the depthwise convolution's input: same channels, dtype,
+    memory format)"""
+    return (
+        _fused_block(block)
+        and not _hooked(block.conv)
+        and pointwise_applies(block.conv, y)
+        and block.conv.in_channels >= GEMM_MIN_CHANNELS
+        and _rows_layout(block.conv.weight)
+    )
+
+
 def sequential(blocks: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """``blocks(x)``, except that in training a kernel-enabled ``ConvBNAct`` followed by a depthwise one hands its
-    batch norm + ReLU to that block's depthwise kernel, which reads it in place of the map it would have stored."""
+    batch norm + ReLU to that block's depthwise kernel, which reads it in place of the map it would have stored; and
+    that block's own batch norm + ReLU to the 1×1 convolution after it, whose matrix products read it likewise."""
     mods = list(blocks)
     if _hooked(blocks) or not any(map(_fused_block, mods)):
         return blocks(x)
-    i = 0
+    i, y, stats = 0, None, None  # y: block i's convolution output, where the previous step computed it
     while i < len(mods):
         block, nxt = mods[i], mods[i + 1] if i + 1 < len(mods) else None
         if not _fused_block(block):
             x, i = block(x), i + 1
             continue
-        y, stats = _conv(block, x)
+        if y is None:
+            y, stats = _conv(block, x)
         if (
             _fused_block(nxt)
             and _bn_relu_fusable(block, y)
             and depthwise_applies(nxt.conv, y)
             and not _hooked(nxt.conv)
         ):
+            after = mods[i + 2] if i + 2 < len(mods) else None
+            if _depthwise_bn_relu_fusable(nxt, y) and _takes_depthwise_output(after, y):
+                c = after.conv.out_channels
+                pw_stats = torch.empty(c), torch.empty(2, c, dtype=torch.float64)
+                y = depthwise_block(block.bn, nxt.conv, nxt.bn, y, stats, (after.conv, pw_stats))
+                stats, i = pw_stats, i + 2  # block i + 2's convolution output
+                continue
             if _depthwise_bn_relu_fusable(nxt, y):
                 x = depthwise_block(block.bn, nxt.conv, nxt.bn, y, stats)
             else:
                 x = _bn_act(nxt, batch_norm_relu_depthwise(block.bn, nxt.conv, y, stats))
-            i += 2
+            y, i = None, i + 2
             continue
-        x, i = _bn_act(block, y, stats), i + 1
+        x, y, i = _bn_act(block, y, stats), None, i + 1
     return x
 
 

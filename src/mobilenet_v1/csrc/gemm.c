@@ -13,6 +13,7 @@
      Measured 3-5% faster than oneDNN's 1x1 convolution and its input gradient over MobileNet's layers here
      (BENCHMARKS.md, session 16). */
 #include <immintrin.h>
+#include <math.h>
 #include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -29,6 +30,23 @@
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+/* A batch norm + ReLU read in place of a map (csrc/bn_relu.c's, to the bit): z = max((x - mean) * a + b, 0) per
+   channel; NULL mean: none */
+typedef struct {
+  const float *mean, *a, *b;
+} bn_relu;
+
+static inline __m256 bn_relu8(__m256 x, const bn_relu *bn, int64_t c) {
+  __m256 v = _mm256_fmadd_ps(_mm256_sub_ps(x, _mm256_loadu_ps(bn->mean + c)), _mm256_loadu_ps(bn->a + c),
+                             _mm256_loadu_ps(bn->b + c));
+  return _mm256_max_ps(_mm256_setzero_ps(), v); /* NaN stays NaN, as in relu */
+}
+
+static inline float bn_relu1(float x, const bn_relu *bn, int64_t c) {
+  float v = fmaf(x - bn->mean[c], bn->a[c], bn->b[c]);
+  return v <= 0.f ? 0.f : v;
+}
+
 /* A[0:kc, m0:m0+mc] as mc/MR panels [kc][MR], zero past column m_end (a partial tile's padding) */
 static void pack_a(const float *A, int64_t lda, int64_t kc, int64_t m0, int64_t mc, int64_t m_end, float *Ap) {
   for (int64_t i = 0; i < mc; i += MR) {
@@ -44,20 +62,27 @@ static void pack_a(const float *A, int64_t lda, int64_t kc, int64_t m0, int64_t 
   }
 }
 
-/* B[0:kc, n0:n0+nc] as nc/NR panels [kc][NR], zero past column n_end */
-static void pack_b(const float *B, int64_t ldb, int64_t kc, int64_t n0, int64_t nc, int64_t n_end, float *Bp) {
+/* B[0:kc, n0:n0+nc] as nc/NR panels [kc][NR], zero past column n_end; through bn (per column) where bn->mean */
+static void pack_b(const float *B, int64_t ldb, int64_t kc, int64_t n0, int64_t nc, int64_t n_end, const bn_relu *bn,
+                   float *Bp) {
   for (int64_t j = 0; j < nc; j += NR) {
-    int64_t nr = min64(n_end - (n0 + j), NR);
-    const float *b = B + n0 + j;
+    int64_t nr = min64(n_end - (n0 + j), NR), c0 = n0 + j;
+    const float *b = B + c0;
     float *p = Bp + j * kc;
-    if (nr == NR) {
+    if (nr == NR && bn->mean) {
+      for (int64_t k = 0; k < kc; k++) {
+        _mm256_store_ps(p + k * NR, bn_relu8(_mm256_loadu_ps(b + k * ldb), bn, c0));
+        _mm256_store_ps(p + k * NR + 8, bn_relu8(_mm256_loadu_ps(b + k * ldb + 8), bn, c0 + 8));
+      }
+    } else if (nr == NR) {
       for (int64_t k = 0; k < kc; k++) {
         _mm256_store_ps(p + k * NR, _mm256_loadu_ps(b + k * ldb));
         _mm256_store_ps(p + k * NR + 8, _mm256_loadu_ps(b + k * ldb + 8));
       }
     } else {
       for (int64_t k = 0; k < kc; k++)
-        for (int c = 0; c < NR; c++) p[k * NR + c] = c < nr ? b[k * ldb + c] : 0.f;
+        for (int c = 0; c < NR; c++)
+          p[k * NR + c] = c >= nr ? 0.f : bn->mean ? bn_relu1(b[k * ldb + c], bn, c0 + c) : b[k * ldb + c];
     }
   }
 }
@@ -96,8 +121,8 @@ static void tile(int64_t kc, const float *a, const float *b, float *c, int64_t l
 }
 
 /* C[m0:m1, n0:n1] (row stride ldc) = A[0:K, m0:m1]^T B[0:K, n0:n1], with this thread's packing buffers */
-static void block(const float *A, int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc, int64_t K,
-                  int64_t m0, int64_t m1, int64_t n0, int64_t n1, float *Ap, float *Bp) {
+static void block(const float *A, int64_t lda, const float *B, int64_t ldb, const bn_relu *bn, float *C, int64_t ldc,
+                  int64_t K, int64_t m0, int64_t m1, int64_t n0, int64_t n1, float *Ap, float *Bp) {
   if (K == 0) {
     for (int64_t i = m0; i < m1; i++) memset(C + i * ldc + n0, 0, (size_t)(n1 - n0) * sizeof(float));
     return;
@@ -106,7 +131,7 @@ static void block(const float *A, int64_t lda, const float *B, int64_t ldb, floa
     int64_t nc = min64(n1 - jc, NC);
     for (int64_t pc = 0; pc < K; pc += KC) {
       int64_t kc = min64(K - pc, KC);
-      pack_b(B + pc * ldb, ldb, kc, jc, nc, n1, Bp);
+      pack_b(B + pc * ldb, ldb, kc, jc, nc, n1, bn, Bp);
       for (int64_t ic = m0; ic < m1; ic += MC) {
         int64_t mc = min64(m1 - ic, MC);
         pack_a(A + pc * lda, lda, kc, ic, mc, m1, Ap);
@@ -122,9 +147,12 @@ static void block(const float *A, int64_t lda, const float *B, int64_t ldb, floa
   }
 }
 
-/* C = A^T B as above; returns 0, or 1 when the packing buffers cannot be had (C is then incomplete) */
-int gemm_at_b(const float *A, int64_t lda, const float *B, int64_t ldb, float *C, int64_t K, int64_t M, int64_t N) {
+/* C = A^T B as above, B read through a batch norm + ReLU (bn_mean, bn_a, bn_b, per column of B) where bn_mean is not
+   NULL; returns 0, or 1 when the packing buffers cannot be had (C is then incomplete) */
+int gemm_at_b(const float *A, int64_t lda, const float *B, int64_t ldb, float *C, int64_t K, int64_t M, int64_t N,
+              const float *bn_mean, const float *bn_a, const float *bn_b) {
   if (M == 0 || N == 0) return 0;
+  bn_relu bn = {bn_mean, bn_a, bn_b};
   int nt = omp_get_max_threads();
   int split_k = nt > 1 && nt <= KSPLIT_MAX_THREADS && K >= KSPLIT_RATIO * (M > N ? M : N) && K >= (int64_t)nt * KC;
   float *parts = NULL; /* threads 1.. nt-1's partial products when K is split; without the memory, no split */
@@ -140,13 +168,13 @@ int gemm_at_b(const float *A, int64_t lda, const float *B, int64_t ldb, float *C
     } else if (split_k) {
       int64_t k0 = K * t / T, k1 = K * (t + 1) / T;
       float *out = t == 0 ? C : parts + (size_t)(t - 1) * M * N;
-      block(A + k0 * lda, lda, B + k0 * ldb, ldb, out, N, k1 - k0, 0, M, 0, N, Ap, Bp);
+      block(A + k0 * lda, lda, B + k0 * ldb, ldb, &bn, out, N, k1 - k0, 0, M, 0, N, Ap, Bp);
     } else if (M >= N) { /* the rows of C, in whole tiles */
       int64_t tiles = (M + MR - 1) / MR, m0 = min64(tiles * t / T * MR, M), m1 = min64(tiles * (t + 1) / T * MR, M);
-      if (m0 < m1) block(A, lda, B, ldb, C, N, K, m0, m1, 0, N, Ap, Bp);
+      if (m0 < m1) block(A, lda, B, ldb, &bn, C, N, K, m0, m1, 0, N, Ap, Bp);
     } else {
       int64_t tiles = (N + NR - 1) / NR, n0 = min64(tiles * t / T * NR, N), n1 = min64(tiles * (t + 1) / T * NR, N);
-      if (n0 < n1) block(A, lda, B, ldb, C, N, K, 0, M, n0, n1, Ap, Bp);
+      if (n0 < n1) block(A, lda, B, ldb, &bn, C, N, K, 0, M, n0, n1, Ap, Bp);
     }
     free(Ap);
     free(Bp);
@@ -233,17 +261,23 @@ static void tile_sums(const float *c, int64_t ldc, int mr, int nr, const float *
    forward: W = [C_out][C_in], K = C_in, N = C_out) or W[k * ldw + n] (the input gradient: W as stored, K = C_out,
    N = C_in). With sums (float64 [2][N]): also C's column sums of (C - shift) and (C - shift)^2, the batch norm's
    statistics (csrc/bn_relu.c's bn_relu_stats), with shift [N] (written here) C's first row, against cancellation.
-   Returns 0, or 1 when the scratch memory cannot be had (C is then untouched). */
+   With bn_mean: A is read through a batch norm + ReLU (bn_mean, bn_a, bn_b, per column of A), a map's that is then
+   never stored. Returns 0, or 1 when the scratch memory cannot be had (C is then untouched). */
 int gemm_a_w(const float *A, int64_t lda, const float *W, int64_t ldw, int trans_w, float *C, int64_t M, int64_t K,
-             int64_t N, float *shift, double *sums) {
+             int64_t N, float *shift, double *sums, const float *bn_mean, const float *bn_a, const float *bn_b) {
   if (M == 0 || N == 0) return 0;
+  bn_relu bn = {bn_mean, bn_a, bn_b};
   int64_t np = (N + NR - 1) / NR * NR; /* N padded to whole panels */
   int nt = omp_get_max_threads();
   float *Bp = aligned_alloc(64, ((size_t)(K > 0 ? K : 1) * np * sizeof(float) + 63) / 64 * 64);
   double *parts = sums ? calloc((size_t)nt * 2 * np, sizeof(double)) : NULL; /* each thread's column sums */
-  if (!Bp || (sums && !parts)) {
+  /* with bn: each thread's block of A through it, [MC_ROWS][KC_ROWS]; then A's first row, for the shift */
+  size_t a_block = (size_t)MC_ROWS * KC_ROWS;
+  float *Ap = bn_mean ? malloc((nt * a_block + (size_t)K + 1) * sizeof(float)) : NULL;
+  if (!Bp || (sums && !parts) || (bn_mean && !Ap)) {
     free(Bp);
     free(parts);
+    free(Ap);
     return 1;
   }
   if (K == 0) memset(C, 0, (size_t)M * N * sizeof(float));
@@ -263,10 +297,16 @@ int gemm_a_w(const float *A, int64_t lda, const float *W, int64_t ldw, int trans
       }
     int t = omp_get_thread_num(), T = omp_get_num_threads();
     if (sums && t == 0) { /* the shift: C's first row, as the tiles will compute it */
+      const float *a0 = A;
+      if (bn_mean) {
+        float *row = Ap + nt * a_block;
+        for (int64_t k = 0; k < K; k++) row[k] = bn_relu1(A[k], &bn, k);
+        a0 = row;
+      }
       for (int64_t n0 = 0; n0 < N; n0 += NR) {
         if (K == 0) memset(shift + n0, 0, (size_t)min64(N - n0, NR) * sizeof(float));
         for (int64_t p0 = 0; p0 < K; p0 += KC_ROWS)
-          tile_rows(min64(K - p0, KC_ROWS), A + p0, lda, Bp + p0 * np + n0 * min64(K - p0, KC_ROWS), shift + n0, 0,
+          tile_rows(min64(K - p0, KC_ROWS), a0 + p0, lda, Bp + p0 * np + n0 * min64(K - p0, KC_ROWS), shift + n0, 0,
                     1, (int)min64(N - n0, NR), p0 == 0);
       }
     }
@@ -279,12 +319,23 @@ int gemm_a_w(const float *A, int64_t lda, const float *W, int64_t ldw, int trans
       for (int64_t p0 = 0; p0 < K; p0 += KC_ROWS) {
         int64_t kc = min64(K - p0, KC_ROWS);
         int last = p0 + kc == K;
+        const float *a = A + ic * lda + p0;
+        int64_t ld = lda;
+        if (bn_mean) { /* this block of A through the batch norm + ReLU, once for all the weight's panels */
+          float *p = Ap + t * a_block;
+          for (int64_t r = 0; r < mc; r++) {
+            int64_t k = 0;
+            for (; k + 8 <= kc; k += 8) _mm256_storeu_ps(p + r * kc + k, bn_relu8(_mm256_loadu_ps(a + r * lda + k), &bn, p0 + k));
+            for (; k < kc; k++) p[r * kc + k] = bn_relu1(a[r * lda + k], &bn, p0 + k);
+          }
+          a = p, ld = kc;
+        }
         for (int64_t n0 = 0; n0 < N; n0 += NR) {
           int nr = (int)min64(N - n0, NR);
           for (int64_t i = 0; i < mc; i += MR) {
             int mr = (int)min64(mc - i, MR);
             float *c = C + (ic + i) * N + n0;
-            tile_rows(kc, A + (ic + i) * lda + p0, lda, Bp + p0 * np + n0 * kc, c, N, mr, nr, p0 == 0);
+            tile_rows(kc, a + i * ld, ld, Bp + p0 * np + n0 * kc, c, N, mr, nr, p0 == 0);
             if (s1 && last) tile_sums(c, N, mr, nr, shift + n0, s1 + n0, s2 + n0);
           }
         }
@@ -304,5 +355,6 @@ int gemm_a_w(const float *A, int64_t lda, const float *W, int64_t ldw, int trans
     }
   free(Bp);
   free(parts);
+  free(Ap);
   return 0;
 }
