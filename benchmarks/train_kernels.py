@@ -94,15 +94,47 @@ def _pointwise_weight_grad(batch: int, size: int, c_in: int, c_out: int, rounds:
     ]
 
 
+def _pointwise_products(batch: int, size: int, c_in: int, c_out: int, rounds: int, calls: int) -> list[dict]:
+    """A 1×1 convolution's forward y = x·Wᵀ and input gradient dL/dx = dL/dy·W on channels-last maps: gemm.c's
+    gemm_a_w against oneDNN's convolution and its backward-data"""
+    x = torch.randn(batch, c_in, size, size).contiguous(memory_format=torch.channels_last)
+    gy = torch.randn(batch, c_out, size, size).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(c_out, c_in, 1, 1)
+    args = (None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, False, False])
+    lib, m = fused.load(), batch * size * size
+    y, gx = torch.empty_like(gy), torch.empty_like(x)
+    no_sums = (None, None, *fused._NO_BN)
+
+    def forward():
+        fused._call(lib.gemm_a_w, x.data_ptr(), c_in, weight.data_ptr(), c_in, 1, y.data_ptr(), m, c_in, c_out,
+                    *no_sums)  # fmt: skip
+
+    def input_grad():
+        fused._call(lib.gemm_a_w, gy.data_ptr(), c_out, weight.data_ptr(), c_in, 0, gx.data_ptr(), m, c_out, c_in,
+                    *no_sums)  # fmt: skip
+
+    shape = f"{size}x{size}x{c_in}→{c_out}"
+    return [
+        _pair(f"1×1 forward {shape} vs oneDNN", lambda: F.conv2d(x, weight), forward, rounds, calls),
+        _pair(
+            f"1×1 dX {shape} vs oneDNN",
+            lambda: torch.ops.aten.convolution_backward(gy, x, weight, *args),
+            input_grad,
+            rounds,
+            calls,
+        ),
+    ]
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--calls", type=int, default=5)
     p.add_argument("--out", default="benchmarks/results/train_kernels")
-    p.add_argument(
-        "--cases", nargs="+", choices=["bn", "depthwise", "pointwise"], default=["bn", "depthwise", "pointwise"]
-    )
+    p.add_argument("--size", type=int, default=224, help="input resolution the 1×1 cases' map sizes are scaled to")
+    cases = ["bn", "depthwise", "pointwise", "pointwise-fwd"]
+    p.add_argument("--cases", nargs="+", choices=cases, default=cases)
     args = p.parse_args()
     torch.set_num_threads(2)
     keep_freed_memory()
@@ -138,8 +170,11 @@ def main() -> None:
                 args.calls,
             )
         )
+    scale = lambda size: size * args.size // 224  # noqa: E731
     for size, c_in, c_out in PW_SHAPES if "pointwise" in args.cases else []:
-        rows += _pointwise_weight_grad(args.batch, size, c_in, c_out, args.rounds, args.calls)
+        rows += _pointwise_weight_grad(args.batch, scale(size), c_in, c_out, args.rounds, args.calls)
+    for size, c_in, c_out in PW_SHAPES if "pointwise-fwd" in args.cases else []:
+        rows += _pointwise_products(args.batch, scale(size), c_in, c_out, args.rounds, args.calls)
     result = {
         "command": " ".join(["python", *sys.argv]),
         "cpu": _cpu_model(),
@@ -155,8 +190,8 @@ def main() -> None:
         json.dump(result, f, indent=2)
     lines = [
         f"`{result['command']}` — {result['cpu']}, 2 threads, torch {result['torch']}, batch {args.batch}, "
-        f"{args.rounds} alternating rounds × {args.calls} calls, forward + backward (1×1 dW: the weight gradient "
-        "alone), medians",
+        f"{args.rounds} alternating rounds × {args.calls} calls, forward + backward (1×1 dW, forward, dX: that "
+        "product alone), medians",
         "",
         "| case | PyTorch ms | kernel ms | speed-up |",
         "|---|---:|---:|---:|",

@@ -14,8 +14,11 @@ their Mult-Adds (BENCHMARKS.md, "where the step's time goes"). Two kernels for t
 
 The 1×1 convolutions run as matrix products on the channels-last views, ``csrc/gemm.c``: faster here than oneDNN's
 convolutions, and for the weight gradient than MKL's ``torch.mm`` too, from 64 input channels up (forward: at every
-width; :class:`PointwiseConv`); the stem's 3×3
-convolution (3 or 1 input channels) takes its weight gradient from ``csrc/conv3x3.c`` (:class:`Conv3x3`).
+width; :class:`PointwiseConv`). The forward product sums the batch statistics of its output as it writes it, for
+the batch norm after it; and it can read a batch norm + ReLU in place of its input, as the weight gradient's can,
+so that a 1×1 convolution runs inside the depthwise block before it and that block's output map is never stored.
+The stem's 3×3 convolution (3 or 1 input channels) takes its weight gradient from ``csrc/conv3x3.c``
+(:class:`Conv3x3`).
 
 :func:`enable` marks a model's ``ConvBNAct`` blocks; in training mode each then uses a kernel where it applies —
 a channels-last CPU tensor with a multiple of 8 channels; a plain ``nn.BatchNorm2d`` tracking running statistics
@@ -23,7 +26,8 @@ followed by ReLU; an ``nn.Conv2d`` of that depthwise shape outside autocast — 
 everywhere else (evaluation, GPUs, SyncBatchNorm, TF 'SAME' padding, hooked modules, ``torch.compile``).
 :func:`sequential` (the model's training forward) hands each marked block's batch norm + ReLU to the depthwise
 block after it, together with that block's own (:class:`DepthwiseBlock`; :class:`BatchNormReLUDepthwise` where
-only the first may): per depthwise layer, two maps fewer written and read, and one pass fewer over its output.
+only the first may), and that one's to the 1×1 convolution after it: per depthwise layer, three maps fewer written
+and read, and one pass fewer over its output and over the 1×1 convolution's.
 Results match PyTorch's to float rounding (``tests/test_fused.py``: against float64 references, about as close
 as PyTorch's own float32 and bf16 operators).
 
