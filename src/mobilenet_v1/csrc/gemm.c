@@ -87,18 +87,12 @@ static void pack_b(const float *B, int64_t ldb, int64_t kc, int64_t n0, int64_t 
   }
 }
 
-/* the mr x nr tile at c (row stride ldc) = (first ? 0 : itself) + a panel^T b panel over kc */
-static void tile(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int mr, int nr, int first) {
-  __m256 acc[MR][2];
-  for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-  for (int64_t k = 0; k < kc; k++, a += MR, b += NR) {
-    __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
-    for (int r = 0; r < MR; r++) {
-      __m256 x = _mm256_broadcast_ss(a + r);
-      acc[r][0] = _mm256_fmadd_ps(x, b0, acc[r][0]);
-      acc[r][1] = _mm256_fmadd_ps(x, b1, acc[r][1]);
-    }
-  }
+/* The tile's sums acc (rows past mr, columns past nr dropped) into the mr x nr tile at c (row stride ldc): stored,
+   or added to it unless first. Inlined into each tile function with loops of constant length for a whole tile, so
+   that the accumulators stay in registers there (with a loop to mr, GCC kept them in memory, a store after each
+   FMA: BENCHMARKS.md, session 16). */
+static inline __attribute__((always_inline)) void store_tile(__m256 acc[MR][2], float *c, int64_t ldc, int mr, int nr,
+                                                             int first) {
   if (mr == MR && nr == NR) {
     for (int r = 0; r < MR; r++) {
       float *o = c + r * ldc;
@@ -118,6 +112,21 @@ static void tile(int64_t kc, const float *a, const float *b, float *c, int64_t l
   }
   for (int r = 0; r < mr; r++)
     for (int j = 0; j < nr; j++) c[r * ldc + j] = first ? t[r][j] : c[r * ldc + j] + t[r][j];
+}
+
+/* the mr x nr tile at c (row stride ldc) = (first ? 0 : itself) + a panel^T b panel over kc */
+static void tile(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int mr, int nr, int first) {
+  __m256 acc[MR][2];
+  for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < kc; k++, a += MR, b += NR) {
+    __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+    for (int r = 0; r < MR; r++) {
+      __m256 x = _mm256_broadcast_ss(a + r);
+      acc[r][0] = _mm256_fmadd_ps(x, b0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(x, b1, acc[r][1]);
+    }
+  }
+  store_tile(acc, c, ldc, mr, nr, first);
 }
 
 /* C[m0:m1, n0:n1] (row stride ldc) = A[0:K, m0:m1]^T B[0:K, n0:n1], with this thread's packing buffers */
@@ -206,25 +215,27 @@ static void tile_rows(int64_t kc, const float *a, int64_t lda, const float *b, f
     ROW(0, a0) ROW(1, a1) ROW(2, a2) ROW(3, a3) ROW(4, a4) ROW(5, a5)
   }
 #undef ROW
-  if (nr == NR) {
-    for (int r = 0; r < mr; r++) {
-      float *o = c + r * ldc;
-      if (!first) {
-        acc[r][0] = _mm256_add_ps(_mm256_loadu_ps(o), acc[r][0]);
-        acc[r][1] = _mm256_add_ps(_mm256_loadu_ps(o + 8), acc[r][1]);
-      }
-      _mm256_storeu_ps(o, acc[r][0]);
-      _mm256_storeu_ps(o + 8, acc[r][1]);
-    }
-    return;
+  store_tile(acc, c, ldc, mr, nr, first);
+}
+
+/* dst[k][c] = src[c][k] for an 8 x 8 block (row strides lds, ldd) */
+static inline void transpose8(const float *src, int64_t lds, float *dst, int64_t ldd) {
+  __m256 r[8], t[8], u[8];
+  for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + i * lds);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
   }
-  float t[MR][NR];
-  for (int r = 0; r < MR; r++) {
-    _mm256_storeu_ps(t[r], acc[r][0]);
-    _mm256_storeu_ps(t[r] + 8, acc[r][1]);
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
   }
-  for (int r = 0; r < mr; r++)
-    for (int j = 0; j < nr; j++) c[r * ldc + j] = first ? t[r][j] : c[r * ldc + j] + t[r][j];
+  for (int i = 0; i < 4; i++) {
+    _mm256_storeu_ps(dst + i * ldd, _mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * ldd, _mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
+  }
 }
 
 #define KC_ROWS 512 /* K per packed weight panel in gemm_a_w (a 6-row tile's A: 12 KB, in L1) */
@@ -289,11 +300,21 @@ int gemm_a_w(const float *A, int64_t lda, const float *W, int64_t ldw, int trans
       for (int64_t n0 = 0; n0 < np; n0 += NR) {
         int64_t kc = min64(K - p0, KC_ROWS);
         float *p = Bp + p0 * np + n0 * kc;
-        for (int64_t k = 0; k < kc; k++)
-          for (int c = 0; c < NR; c++) {
-            int64_t n = n0 + c;
-            p[k * NR + c] = n >= N ? 0.f : trans_w ? W[n * ldw + p0 + k] : W[(p0 + k) * ldw + n];
+        if (n0 + NR <= N && !trans_w) {
+          for (int64_t k = 0; k < kc; k++) {
+            _mm256_storeu_ps(p + k * NR, _mm256_loadu_ps(W + (p0 + k) * ldw + n0));
+            _mm256_storeu_ps(p + k * NR + 8, _mm256_loadu_ps(W + (p0 + k) * ldw + n0 + 8));
           }
+        } else if (n0 + NR <= N && kc % 8 == 0) {
+          for (int64_t k = 0; k < kc; k += 8)
+            for (int c = 0; c < NR; c += 8) transpose8(W + (n0 + c) * ldw + p0 + k, ldw, p + k * NR + c, NR);
+        } else {
+          for (int64_t k = 0; k < kc; k++)
+            for (int c = 0; c < NR; c++) {
+              int64_t n = n0 + c;
+              p[k * NR + c] = n >= N ? 0.f : trans_w ? W[n * ldw + p0 + k] : W[(p0 + k) * ldw + n];
+            }
+        }
       }
     int t = omp_get_thread_num(), T = omp_get_num_threads();
     if (sums && t == 0) { /* the shift: C's first row, as the tiles will compute it */
