@@ -259,6 +259,17 @@ def test_gemm_a_w_against_float64(m, k, n, trans_w, threads, bn):
     torch.testing.assert_close(sums, torch.stack([d.sum(0), (d * d).sum(0)]), rtol=1e-5, atol=1e-6 * m)
 
 
+def test_pointwise_of_the_wrong_width_keeps_pytorchs_error():
+    """A 1×1 convolution of another input width than x's: the matrix product would read the weight with x's row
+    length, so the kernel does not apply and PyTorch's convolution raises its own error."""
+    x = torch.randn(2, 16, 5, 5).contiguous(memory_format=torch.channels_last)
+    conv = nn.Conv2d(24, 8, 1, bias=False)
+    assert not fused.pointwise_applies(conv, x)
+    assert fused.pointwise_applies(nn.Conv2d(16, 8, 1, bias=False), x)
+    with pytest.raises(RuntimeError, match="channels"):
+        conv(x)
+
+
 @pytest.mark.parametrize("c_in", [16, 128, 200])  # gradients by oneDNN / by gemm.c: full and partial tiles
 @pytest.mark.parametrize("wants", [(True, True), (False, True), (True, False)])  # input, weight need a gradient
 def test_pointwise_matches_conv2d(c_in, wants):

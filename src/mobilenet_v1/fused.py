@@ -66,7 +66,7 @@ _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SHAPE = [_I64, _I64, _I64, _I64, _I64, _I64, _INT]  # N, H, W, C, OH, OW, stride
 _F64 = ctypes.c_double
 _BN = [_P, _P, _P]  # mean, a, b of a batch norm + ReLU read in place of its output (NULL: none)
-_NO_BN = (None, None, None)
+_NO_BN = (None, None, None)  # no batch norm + ReLU read in place of a product's input
 _BN_GRAD = [_P] * 7  # y, mean, a, b, p, q, r: dL/dy through the next batch norm + ReLU of y (NULL: none)
 _SIGNATURES = {  # the C functions' arguments (csrc/*.c)
     "bn_relu_stats": [_P, _I64, _I64, _P, _P, _P, _INT],
