@@ -77,7 +77,7 @@ def _pointwise_backward_by_mm(ctx, gy):
         gy_rows, x_rows = gy.permute(0, 2, 3, 1).reshape(-1, c_out), x.permute(0, 2, 3, 1).reshape(-1, c_in)
         gw = torch.empty_like(weight)
         torch.mm(gy_rows.t(), x_rows, out=gw.view(c_out, c_in))
-    return gx, gw
+    return gx, gw, None  # no gradient for PointwiseConv's stats argument
 
 
 def _pointwise_forward_by_onednn(ctx, x, weight, stats=None):
@@ -99,18 +99,13 @@ def _pointwise_backward_onednn_input(ctx, gy):
     from mobilenet_v1 import fused
 
     x, weight = ctx.saved_tensors
-    c_in = x.shape[1]
-    by_gemm = c_in >= fused.GEMM_MIN_CHANNELS
+    by_gemm = x.shape[1] >= fused.GEMM_MIN_CHANNELS
     mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1] and not by_gemm, False]
     gy = gy.contiguous(memory_format=torch.channels_last)
     args = (None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask)
     gx, gw, _ = torch.ops.aten.convolution_backward(gy, x, weight, *args)
     if by_gemm and ctx.needs_input_grad[1]:
-        n, _, h, w = x.shape
-        gw = torch.empty_like(weight)
-        lib = fused.load()
-        fused._call(lib.gemm_at_b, gy.data_ptr(), weight.shape[0], x.data_ptr(), c_in, gw.data_ptr(), n * h * w,
-                    weight.shape[0], c_in, *fused._NO_BN)  # fmt: skip
+        _, gw = fused._pointwise_backward(fused.load(), gy, x, weight, (False, True))
     return gx, gw, None
 
 
@@ -143,7 +138,7 @@ def build(name: str, size: int, batch: int):
                 fused.pointwise = lambda conv, x, stats=None: fused.fill_stats(conv(x), stats)  # PyTorch's
             if name.endswith("-pairs"):
                 fused._depthwise_bn_relu_fusable = lambda block, x: False
-            if name.endswith(("-dnnfwd", "-pwapart")):
+            if name.endswith(("-convbwd", "-mmgrad", "-dnnfwd", "-pwapart")):  # each 1×1 convolution on its own
                 fused._takes_depthwise_output = lambda block, y: False
             if name.endswith("-dnnfwd"):
                 fused.PointwiseConv.forward = staticmethod(_pointwise_forward_by_onednn)
