@@ -154,14 +154,19 @@ def _call(fn, *args) -> None:
         raise MemoryError(f"{fn.__name__}: no memory for the kernel's scratch buffers")
 
 
+def _new_stats(c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Room for a map's batch statistics as :func:`_map_stats` returns them, for the kernel that writes the map"""
+    return torch.empty(c), torch.empty(2, c, dtype=torch.float64)
+
+
 def _map_stats(lib, x, stats=None):
     """(shift [C] float32, sums [2, C] float64): the sums of x - shift and (x - shift)² per channel, shift being the
     first pixel's values (against cancellation); ``stats`` when given, summed by the kernel that wrote x."""
     if stats is not None:
         return stats
     n, c, h, w = x.shape
-    sums = torch.empty(2, c, dtype=torch.float64)
-    shift = x[0, :, 0, 0].float().contiguous()
+    shift, sums = _new_stats(c)
+    shift.copy_(x[0, :, 0, 0])
     bf16 = int(x.dtype == torch.bfloat16)
     _call(lib.bn_relu_stats, _ptr(x), n * h * w, c, _ptr(shift), _ptr(sums[0]), _ptr(sums[1]), bf16)
     return shift, sums
@@ -584,7 +589,7 @@ class DepthwiseBlock(torch.autograd.Function):
         lib = load()
         mean1, mean1_32, invstd1, a1, b1 = _bn_forward(lib, x, bn1_weight, bn1_bias, rm1, rv1, momentum1, eps1, x_stats)
         c = x.shape[1]
-        shift, stats = torch.empty(c), torch.empty(2, c, dtype=torch.float64)
+        shift, stats = _new_stats(c)
         y, taps = _depthwise_forward(lib, x, weight, stride, (mean1_32, a1, b1), (shift, stats))
         m = y.shape[0] * y.shape[2] * y.shape[3]
         bn2 = (bn2_weight, bn2_bias, rm2, rv2, momentum2, eps2)
@@ -680,8 +685,7 @@ def _conv(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tuple | None
     if depthwise_applies(block.conv, x):
         return depthwise(block.conv, x), None
     if pointwise_applies(block.conv, x):
-        c = block.conv.out_channels
-        stats = torch.empty(c), torch.empty(2, c, dtype=torch.float64)
+        stats = _new_stats(block.conv.out_channels)
         return pointwise(block.conv, x, stats), stats
     if conv3x3_applies(block.conv, x):
         return conv3x3(block.conv, x), None
@@ -760,8 +764,7 @@ def sequential(blocks: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         ):
             after = mods[i + 2] if i + 2 < len(mods) else None
             if _depthwise_bn_relu_fusable(nxt, y) and _takes_depthwise_output(after, y):
-                c = after.conv.out_channels
-                pw_stats = torch.empty(c), torch.empty(2, c, dtype=torch.float64)
+                pw_stats = _new_stats(after.conv.out_channels)
                 y = depthwise_block(block.bn, nxt.conv, nxt.bn, y, stats, (after.conv, pw_stats))
                 stats, i = pw_stats, i + 2  # block i + 2's convolution output
                 continue

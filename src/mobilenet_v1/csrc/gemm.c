@@ -30,7 +30,7 @@
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-/* A batch norm + ReLU read in place of a map (csrc/bn_relu.c's, to the bit): z = max((x - mean) * a + b, 0) per
+/* A batch norm + ReLU read in place of a map, with csrc/bn_relu.c's arithmetic: z = max(fma(x - mean, a, b), 0) per
    channel; NULL mean: none */
 typedef struct {
   const float *mean, *a, *b;
@@ -271,7 +271,8 @@ static void tile_sums(const float *c, int64_t ldc, int mr, int nr, const float *
 /* C[M, N] (row stride N) = A[M, K] (row stride lda) times B, where B[k][n] is W[n * ldw + k] when trans_w (the
    forward: W = [C_out][C_in], K = C_in, N = C_out) or W[k * ldw + n] (the input gradient: W as stored, K = C_out,
    N = C_in). With sums (float64 [2][N]): also C's column sums of (C - shift) and (C - shift)^2, the batch norm's
-   statistics (csrc/bn_relu.c's bn_relu_stats), with shift [N] (written here) C's first row, against cancellation.
+   statistics (csrc/bn_relu.c's bn_relu_stats), with shift [N] (written here) C's first row, against cancellation
+   (K = 0: C, the shift and the sums are zeros).
    With bn_mean: A is read through a batch norm + ReLU (bn_mean, bn_a, bn_b, per column of A), a map's that is then
    never stored. Returns 0, or 1 when the scratch memory cannot be had (C is then untouched). */
 int gemm_a_w(const float *A, int64_t lda, const float *W, int64_t ldw, int trans_w, float *C, int64_t M, int64_t K,
@@ -361,11 +362,6 @@ int gemm_a_w(const float *A, int64_t lda, const float *W, int64_t ldw, int trans
           }
         }
       }
-      if (s1 && K == 0)
-        for (int64_t n0 = 0; n0 < N; n0 += NR)
-          for (int64_t i = 0; i < mc; i += MR)
-            tile_sums(C + (ic + i) * N + n0, N, (int)min64(mc - i, MR), (int)min64(N - n0, NR), shift + n0, s1 + n0,
-                      s2 + n0);
     }
   }
   if (sums)
