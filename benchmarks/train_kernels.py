@@ -68,18 +68,8 @@ def _pointwise_weight_grad(batch: int, size: int, c_in: int, c_out: int, rounds:
     lib = fused.load()
 
     def kernel():
-        fused._call(
-            lib.gemm_at_b,
-            gy.data_ptr(),
-            c_out,
-            x.data_ptr(),
-            c_in,
-            gw.data_ptr(),
-            x_rows.shape[0],
-            c_out,
-            c_in,
-            *fused._NO_BN,
-        )
+        fused._call(lib.gemm_at_b, gy.data_ptr(), c_out, x.data_ptr(), c_in, gw.data_ptr(), x_rows.shape[0], c_out,
+                    c_in, *fused._NO_BN)  # fmt: skip
 
     shape = f"1×1 dW {size}x{size}x{c_in}→{c_out}"
     return [

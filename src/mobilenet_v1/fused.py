@@ -762,13 +762,13 @@ def sequential(blocks: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
             and depthwise_applies(nxt.conv, y)
             and not _hooked(nxt.conv)
         ):
-            after = mods[i + 2] if i + 2 < len(mods) else None
-            if _depthwise_bn_relu_fusable(nxt, y) and _takes_depthwise_output(after, y):
-                pw_stats = _new_stats(after.conv.out_channels)
-                y = depthwise_block(block.bn, nxt.conv, nxt.bn, y, stats, (after.conv, pw_stats))
-                stats, i = pw_stats, i + 2  # block i + 2's convolution output
-                continue
             if _depthwise_bn_relu_fusable(nxt, y):
+                after = mods[i + 2] if i + 2 < len(mods) else None
+                if _takes_depthwise_output(after, y):
+                    pw_stats = _new_stats(after.conv.out_channels)
+                    y = depthwise_block(block.bn, nxt.conv, nxt.bn, y, stats, (after.conv, pw_stats))
+                    stats, i = pw_stats, i + 2  # block i + 2's convolution output
+                    continue
                 x = depthwise_block(block.bn, nxt.conv, nxt.bn, y, stats)
             else:
                 x = _bn_act(nxt, batch_norm_relu_depthwise(block.bn, nxt.conv, y, stats))
