@@ -19,6 +19,7 @@ the batch norm after it; and it can read a batch norm + ReLU in place of its inp
 so that a 1×1 convolution runs inside the depthwise block before it and that block's output map is never stored.
 The stem's 3×3 convolution (3 or 1 input channels) takes its weight gradient from ``csrc/conv3x3.c``
 (:class:`Conv3x3`).
+``csrc/block.c`` runs a whole depthwise block's kernels, forward or backward, in one call (:class:`DepthwiseBlock`).
 
 :func:`enable` marks a model's ``ConvBNAct`` blocks; in training mode each then uses a kernel where it applies —
 a channels-last CPU tensor with a multiple of 8 channels; a plain ``nn.BatchNorm2d`` tracking running statistics
@@ -57,7 +58,7 @@ from torch.nn.modules import module as _module_hooks  # the global module hooks
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("bn_relu.c", "depthwise.c", "conv3x3.c", "gemm.c")
+SOURCES = ("bn_relu.c", "depthwise.c", "conv3x3.c", "gemm.c", "block.c")
 STREAM_BYTES = 8 << 20  # maps above this are written with streaming stores (they leave the caches anyway)
 SUMS_IN_PLACE_BYTES = 32 << 20  # maps above this get batch-norm gradient sums inside the depthwise kernel
 GEMM_MIN_CHANNELS = 64  # 1×1 convolutions with this many input channels or more: both gradients by gemm.c
@@ -67,6 +68,7 @@ _SHAPE = [_I64, _I64, _I64, _I64, _I64, _I64, _INT]  # N, H, W, C, OH, OW, strid
 _F64 = ctypes.c_double
 _BN = [_P, _P, _P]  # mean, a, b of a batch norm + ReLU read in place of its output (NULL: none)
 _NO_BN = (None, None, None)  # no batch norm + ReLU read in place of a product's input
+_BN_MODULE = [_P, _P, _P, _P, _F64, _F64]  # an nn.BatchNorm2d's weight, bias, running mean and var, momentum, eps
 _BN_GRAD = [_P] * 7  # y, mean, a, b, p, q, r: dL/dy through the next batch norm + ReLU of y (NULL: none)
 _SIGNATURES = {  # the C functions' arguments (csrc/*.c)
     "bn_relu_stats": [_P, _I64, _I64, _P, _P, _P, _INT],
@@ -81,6 +83,12 @@ _SIGNATURES = {  # the C functions' arguments (csrc/*.c)
     "gemm_a_w": [_P, _I64, _P, _I64, _INT, _P, _I64, _I64, _I64, _P, _P, *_BN],  # A, lda, W, ldw, trans_w, C, M, K, N,
     # shift, sums, BN: C = A·op(W) and (sums not NULL) C's batch statistics
     "dw3x3_backward": [_P, _P, _P, _P, _P, *_SHAPE, *_BN, _P, *_BN_GRAD],  # gy, x, taps, gx, gw, shape, BN, its sums
+    # x, its shift and sums, dw, N, H, W, C, stride, bn1 and bn2 (weight, bias, running mean, var, momentum, eps),
+    # s64, s32, y, pw, C_out, out, its shift and sums, stream
+    "dw_block_forward": [*[_P] * 4, *[_I64] * 4, _INT, *_BN_MODULE, *_BN_MODULE, *[_P] * 4, _I64, *[_P] * 3, _INT],
+    # g_out, x, y, N, H, W, C, stride, bn1 weight, bias, bn2 weight, bias, s64, s32, pw, C_out, gx, g_dw, g_pw,
+    # bn1's weight and bias gradients, bn2's, sums_in_place, stream
+    "dw_block_backward": [*[_P] * 3, *[_I64] * 4, _INT, *[_P] * 7, _I64, *[_P] * 7, _INT, _INT],
 }
 
 
@@ -580,26 +588,33 @@ class DepthwiseBlock(torch.autograd.Function):
 
     With ``pw_weight``, the 1×1 convolution after it too: ``conv1x1(relu(bn2(...)))``, whose matrix products read
     ``relu(bn2(y))`` from the depthwise output y as they go (forward and weight gradient), so that map is never
-    stored; its batch statistics into ``pw_stats`` (:func:`_map_stats`)."""
+    stored; its batch statistics into ``pw_stats`` (:func:`_map_stats`).
+
+    Each direction is one call into ``csrc/block.c``, which runs the kernels in turn and the per-channel steps
+    between them: in the step, a dozen calls from Python per block cost ~3% of it at 128 px (BENCHMARKS.md,
+    session 18)."""
 
     @staticmethod
     def forward(ctx, x, bn1_weight, bn1_bias, rm1, rv1, momentum1: float, eps1: float, weight, stride: int,
                 bn2_weight, bn2_bias, rm2, rv2, momentum2: float, eps2: float, x_stats=None, pw_weight=None,
                 pw_stats=None):  # fmt: skip
         lib = load()
-        mean1, mean1_32, invstd1, a1, b1 = _bn_forward(lib, x, bn1_weight, bn1_bias, rm1, rv1, momentum1, eps1, x_stats)
-        c = x.shape[1]
-        shift, stats = _new_stats(c)
-        y, taps = _depthwise_forward(lib, x, weight, stride, (mean1_32, a1, b1), (shift, stats))
-        m = y.shape[0] * y.shape[2] * y.shape[3]
+        n, c, h, w = x.shape
+        x_shift, x_sums = _map_stats(lib, x, x_stats)
+        oh, ow = _out_size(h, stride), _out_size(w, stride)
+        y = torch.empty(n, c, oh, ow, memory_format=torch.channels_last)
+        s64, s32 = torch.empty(6, c, dtype=torch.float64), torch.empty(14, c)  # per-channel state (csrc/block.c)
+        c_out = c if pw_weight is None else pw_weight.shape[0]
+        out = torch.empty(n, c_out, oh, ow, memory_format=torch.channels_last)
+        out_shift, out_sums = pw_stats or (None, None)
+        dw = weight.detach().contiguous()  # [C][9]
+        bn1 = (bn1_weight, bn1_bias, rm1, rv1, momentum1, eps1)
         bn2 = (bn2_weight, bn2_bias, rm2, rv2, momentum2, eps2)
-        mean2, mean2_32, invstd2, a2, b2 = _bn_from_stats(stats, shift, m, *bn2)
-        if pw_weight is None:
-            out = _bn_relu_apply(lib, y, mean2_32, a2, b2)
-        else:
-            out = _pointwise_forward(lib, y, pw_weight, pw_stats, (mean2_32, a2, b2))
-        ctx.save_for_backward(x, bn1_weight, mean1, mean1_32, invstd1, a1, b1, taps, y, bn2_weight, mean2, mean2_32,
-                              invstd2, a2, b2, pw_weight)  # fmt: skip
+        with torch.no_grad():  # the running statistics move in place, as F.batch_norm moves them
+            args = (x, x_shift, x_sums, dw, n, h, w, c, stride, *bn1, *bn2, s64, s32, y, pw_weight, c_out, out)
+            stream = int(pw_weight is None and out.nbytes > STREAM_BYTES)
+            _call(lib.dw_block_forward, *map(_ptr_or_value, args), _ptr(out_shift), _ptr(out_sums), stream)
+        ctx.save_for_backward(x, y, s64, s32, bn1_weight, bn1_bias, bn2_weight, bn2_bias, pw_weight)
         ctx.stride = stride
         return out
 
@@ -607,21 +622,19 @@ class DepthwiseBlock(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g_out):
         lib = load()
-        x, bn1_weight, mean1, mean1_32, invstd1, a1, b1, taps, y, bn2_weight, mean2, mean2_32, invstd2, a2, b2, pw = (
-            ctx.saved_tensors
-        )
-        gz = g_out.contiguous(memory_format=torch.channels_last)
-        g_pw = None
-        if pw is not None:  # dL/dz and dL/dW of the 1×1 convolution, z read through bn2 + ReLU
-            gz, g_pw = _pointwise_backward(lib, gz, y, pw, (True, ctx.needs_input_grad[16]), (mean2_32, a2, b2))
-        sums2 = _bn_grad_sums(lib, gz, y, mean2_32, a2, b2)
-        pqr, g_bn2_weight, g_bn2_bias = _bn_grad_coefficients(y, bn2_weight, mean2, mean2_32, invstd2, sums2)
-        bn_grad = (y, mean2_32, a2, b2, *pqr)
-        need_gw = ctx.needs_input_grad[7]
-        ga, gw, sums1 = _depthwise_backward_through_bn(lib, gz, x, taps, ctx.stride, need_gw, mean1_32, a1, b1, bn_grad)
-        gx, g_bn1_weight, g_bn1_bias = _bn_backward(lib, ga, x, bn1_weight, mean1, mean1_32, invstd1, a1, b1, sums1)
+        x, y, s64, s32, bn1_weight, bn1_bias, bn2_weight, bn2_bias, pw = ctx.saved_tensors
+        n, c, h, w = x.shape
+        g_out = g_out.contiguous(memory_format=torch.channels_last)
+        gx = torch.empty_like(x, memory_format=torch.channels_last)
+        g_dw = torch.empty(c, 1, 3, 3) if ctx.needs_input_grad[7] else None
+        g_pw = torch.empty_like(pw) if pw is not None and ctx.needs_input_grad[16] else None  # the weight's strides
+        g_bn = [torch.empty(c) for _ in range(4)]  # bn1 weight, bias, bn2 weight, bias: gradients, not views
+        c_out = g_out.shape[1]
+        args = (g_out, x, y, n, h, w, c, ctx.stride, bn1_weight, bn1_bias, bn2_weight, bn2_bias, s64, s32, pw, c_out)
+        flags = int(x.nbytes > SUMS_IN_PLACE_BYTES), int(x.nbytes > STREAM_BYTES)
+        _call(lib.dw_block_backward, *map(_ptr_or_value, args), *map(_ptr, (gx, g_dw, g_pw, *g_bn)), *flags)
         none4 = (None,) * 4
-        return gx, g_bn1_weight, g_bn1_bias, *none4, gw, None, g_bn2_weight, g_bn2_bias, *none4, None, g_pw, None
+        return gx, g_bn[0], g_bn[1], *none4, g_dw, None, g_bn[2], g_bn[3], *none4, None, g_pw, None
 
 
 def _count_batch(bn: nn.BatchNorm2d) -> None:
