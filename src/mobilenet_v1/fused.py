@@ -60,7 +60,8 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("bn_relu.c", "depthwise.c", "conv3x3.c", "gemm.c", "block.c")
 STREAM_BYTES = 8 << 20  # maps above this are written with streaming stores (they leave the caches anyway)
-SUMS_IN_PLACE_BYTES = 32 << 20  # maps above this get batch-norm gradient sums inside the depthwise kernel
+SUMS_IN_PLACE_BYTES = 8 << 20  # maps above this get batch-norm gradient sums inside the depthwise kernel (was 32
+# MiB until session 18; 8 MiB measured 3.4% faster at 128 px, 1.3% at 224 on a Zen 2 with a 16 MB L3: BENCHMARKS.md)
 GEMM_MIN_CHANNELS = 64  # 1×1 convolutions with this many input channels or more: both gradients by gemm.c
 STEM_MAX_CHANNELS = 4  # dense 3×3 convolutions with at most this many input channels: weight gradient by conv3x3.c
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
