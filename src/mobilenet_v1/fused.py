@@ -59,7 +59,8 @@ from torch.nn.modules import module as _module_hooks  # the global module hooks
 log = logging.getLogger(__name__)
 
 SOURCES = ("bn_relu.c", "depthwise.c", "conv3x3.c", "gemm.c", "block.c")
-STREAM_BYTES = 8 << 20  # maps above this are written with streaming stores (they leave the caches anyway)
+STREAM_BYTES = 4 << 20  # maps above this are written with streaming stores (they leave the caches anyway; was 8 MiB
+# until session 18: 4 MiB measured ~1% faster at 128 px on a Zen 2 with a 16 MB L3, 6 of 6 alternating pairs)
 SUMS_IN_PLACE_BYTES = 8 << 20  # maps above this get batch-norm gradient sums inside the depthwise kernel (was 32
 # MiB until session 18; 8 MiB measured 3.4% faster at 128 px, 1.3% at 224 on a Zen 2 with a 16 MB L3: BENCHMARKS.md)
 GEMM_MIN_CHANNELS = 64  # 1×1 convolutions with this many input channels or more: both gradients by gemm.c
