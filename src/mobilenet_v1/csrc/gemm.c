@@ -6,7 +6,9 @@
      2-core Zen 3 we measure on, and oneDNN's backward-weights convolution at ~120-145; this blocked product (BLIS's
      loop order: B packed in KC x NC blocks, A in KC x MC blocks, a 6 x 16 register tile of FMAs) at ~155-170
      (BENCHMARKS.md, session 14). Where K is long against the channels (the large maps), the threads split K and sum
-     their partial products, rather than packing the same rows twice.
+     their partial products, rather than packing the same rows twice. Between its tiles each thread prefetches the
+     next KC block's rows of A and B into L2, so that packing them does not wait on memory: on the large maps,
+     whose rows come from DRAM, 3-20% faster alone (BENCHMARKS.md, session 18).
    - gemm_a_w, the forward (y = x W^T) and the input gradient (dL/dx = dL/dy W): C[M, N] = A[M, K] times the weight
      W, M = pixels. The weight is packed once into KC x 16 panels; each thread takes whole 6-row tiles of the pixels
      and reads A's rows in place, where BLIS would pack them: a row of a channels-last map is contiguous already.
@@ -24,6 +26,9 @@
 #define KC 192  /* K per packed block */
 #define MC 72   /* rows of C per packed A block (12 tiles) */
 #define NC 512  /* columns of C per packed B block */
+#ifndef PREFETCH
+#define PREFETCH 1 /* gemm_at_b fetches the next KC block's rows while it computes (-DPREFETCH=0: not) */
+#endif
 #define KSPLIT_RATIO 4 /* the threads split K when K >= this x max(M, N), */
 #define KSPLIT_MAX_THREADS 8 /* there are at most this many (one partial product each), */
                              /* and each gets at least one KC block of K */
@@ -129,6 +134,23 @@ static void tile(int64_t kc, const float *a, const float *b, float *c, int64_t l
   store_tile(acc, c, ldc, mr, nr, first);
 }
 
+/* Prefetches into L2 of the rows [k0, k1) of A[:, m0:m1] and B[:, n0:n1] (the next KC block), a few cache lines at a
+   time between the current block's tiles, so that its packing does not wait on memory */
+typedef struct {
+  const char *a, *b;
+  int64_t lda, ldb, la, lb; /* row strides in bytes; lines per row */
+  int64_t row, line, end;   /* the next line to fetch: row, line in it (A's first, then B's); rows end here */
+} prefetch_t;
+
+static void prefetch_some(prefetch_t *p, int n) {
+  for (; n > 0 && p->row < p->end; n--) {
+    const char *addr = p->line < p->la ? p->a + p->row * p->lda + p->line * 64
+                                       : p->b + p->row * p->ldb + (p->line - p->la) * 64;
+    _mm_prefetch(addr, _MM_HINT_T1);
+    if (++p->line == p->la + p->lb) p->line = 0, p->row++;
+  }
+}
+
 /* C[m0:m1, n0:n1] (row stride ldc) = A[0:K, m0:m1]^T B[0:K, n0:n1], with this thread's packing buffers */
 static void block(const float *A, int64_t lda, const float *B, int64_t ldb, const bn_relu *bn, float *C, int64_t ldc,
                   int64_t K, int64_t m0, int64_t m1, int64_t n0, int64_t n1, float *Ap, float *Bp) {
@@ -138,8 +160,14 @@ static void block(const float *A, int64_t lda, const float *B, int64_t ldb, cons
   }
   for (int64_t jc = n0; jc < n1; jc += NC) {
     int64_t nc = min64(n1 - jc, NC);
+    int64_t la = ((m1 - m0) * 4 + 63) / 64, lb = (nc * 4 + 63) / 64;
+    int64_t tiles = ((m1 - m0 + MR - 1) / MR) * ((nc + NR - 1) / NR), per_tile = 0;
     for (int64_t pc = 0; pc < K; pc += KC) {
       int64_t kc = min64(K - pc, KC);
+      int64_t next = min64(K - pc - kc, KC); /* the next block's rows, fetched while this one computes */
+      prefetch_t pf = {(const char *)(A + m0), (const char *)(B + jc), lda * 4, ldb * 4, la, lb,
+                       pc + kc, 0, pc + kc + next};
+      per_tile = PREFETCH ? (next * (la + lb) + tiles - 1) / tiles : 0;
       pack_b(B + pc * ldb, ldb, kc, jc, nc, n1, bn, Bp);
       for (int64_t ic = m0; ic < m1; ic += MC) {
         int64_t mc = min64(m1 - ic, MC);
@@ -149,6 +177,7 @@ static void block(const float *A, int64_t lda, const float *B, int64_t ldb, cons
           for (int64_t i = 0; i < mc; i += MR) {
             int mr = (int)min64(m1 - (ic + i), MR);
             tile(kc, Ap + i * kc, Bp + j * kc, C + (ic + i) * ldc + jc + j, ldc, mr, nr, pc == 0);
+            prefetch_some(&pf, (int)per_tile);
           }
         }
       }
