@@ -12,6 +12,7 @@
    - gemm_a_w, the forward (y = x W^T) and the input gradient (dL/dx = dL/dy W): C[M, N] = A[M, K] times the weight
      W, M = pixels. The weight is packed once into KC x 16 panels; each thread takes whole 6-row tiles of the pixels
      and reads A's rows in place, where BLIS would pack them: a row of a channels-last map is contiguous already.
+     It prefetches the next block of rows as gemm_at_b does (the large maps' input gradients 5-25% faster alone).
      Measured 3-5% faster than oneDNN's 1x1 convolution and its input gradient over MobileNet's layers here
      (BENCHMARKS.md, session 16). */
 #include <immintrin.h>
@@ -27,7 +28,7 @@
 #define MC 72   /* rows of C per packed A block (12 tiles) */
 #define NC 512  /* columns of C per packed B block */
 #ifndef PREFETCH
-#define PREFETCH 1 /* gemm_at_b fetches the next KC block's rows while it computes (-DPREFETCH=0: not) */
+#define PREFETCH 1 /* each product fetches its next block's rows of A (and B) while it computes (-DPREFETCH=0: not) */
 #endif
 #define KSPLIT_RATIO 4 /* the threads split K when K >= this x max(M, N), */
 #define KSPLIT_MAX_THREADS 8 /* there are at most this many (one partial product each), */
@@ -372,6 +373,11 @@ int gemm_a_w(const float *A, int64_t lda, const float *W, int64_t ldw, int trans
       for (int64_t p0 = 0; p0 < K; p0 += KC_ROWS) {
         int64_t kc = min64(K - p0, KC_ROWS);
         int last = p0 + kc == K;
+        /* the next block's rows of A (this K range), fetched while this one computes */
+        int64_t next = PREFETCH ? min64(m1 - ic - mc, MC_ROWS) : 0;
+        int64_t la = (kc * 4 + 63) / 64, tiles = ((N + NR - 1) / NR) * ((mc + MR - 1) / MR);
+        prefetch_t pf = {(const char *)(A + p0), NULL, lda * 4, 0, la, 0, ic + mc, 0, ic + mc + next};
+        int per_tile = (int)((next * la + tiles - 1) / tiles);
         const float *a = A + ic * lda + p0;
         int64_t ld = lda;
         if (bn_mean) { /* this block of A through the batch norm + ReLU, once for all the weight's panels */
@@ -390,6 +396,7 @@ int gemm_a_w(const float *A, int64_t lda, const float *W, int64_t ldw, int trans
             float *c = C + (ic + i) * N + n0;
             tile_rows(kc, a + i * ld, ld, Bp + p0 * np + n0 * kc, c, N, mr, nr, p0 == 0);
             if (s1 && last) tile_sums(c, N, mr, nr, shift + n0, s1 + n0, s2 + n0);
+            prefetch_some(&pf, per_tile);
           }
         }
       }
