@@ -13,7 +13,7 @@ their Mult-Adds (BENCHMARKS.md, "where the step's time goes"). Two kernels for t
   in the backward computing dL/dy through that batch norm + ReLU row by row from dL/dz, so dL/dy is never stored.
 
 The 1×1 convolutions run as matrix products on the channels-last views, ``csrc/gemm.c``: faster here than oneDNN's
-convolutions, and for the weight gradient than MKL's ``torch.mm`` too, from 64 input channels up (forward: at every
+convolutions, and for the weight gradient than MKL's ``torch.mm`` too, from 32 input channels up (forward: at every
 width; :class:`PointwiseConv`). The forward product sums the batch statistics of its output as it writes it, for
 the batch norm after it; and it can read a batch norm + ReLU in place of its input, as the weight gradient's can,
 so that a 1×1 convolution runs inside the depthwise block before it and that block's output map is never stored.
@@ -63,7 +63,8 @@ STREAM_BYTES = 4 << 20  # maps above this are written with streaming stores (the
 # until session 18: 4 MiB measured ~1% faster at 128 px on a Zen 2 with a 16 MB L3, 6 of 6 alternating pairs)
 SUMS_IN_PLACE_BYTES = 8 << 20  # maps above this get batch-norm gradient sums inside the depthwise kernel (was 32
 # MiB until session 18; 8 MiB measured 3.4% faster at 128 px, 1.3% at 224 on a Zen 2 with a 16 MB L3: BENCHMARKS.md)
-GEMM_MIN_CHANNELS = 64  # 1×1 convolutions with this many input channels or more: both gradients by gemm.c
+GEMM_MIN_CHANNELS = 32  # 1×1 convolutions with this many input channels or more: both gradients by gemm.c (64
+# until session 18, when the products' prefetching made 32 ~1% faster at 128 px and level at 224: BENCHMARKS.md)
 STEM_MAX_CHANNELS = 4  # dense 3×3 convolutions with at most this many input channels: weight gradient by conv3x3.c
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SHAPE = [_I64, _I64, _I64, _I64, _I64, _I64, _INT]  # N, H, W, C, OH, OW, stride
@@ -469,7 +470,7 @@ class PointwiseConv(torch.autograd.Function):
     """``F.conv2d(x, weight)`` for 1×1 weights [C_out, C_in, 1, 1], as matrix products on the channels-last [N·H·W, C]
     views (``csrc/gemm.c``): the forward y = x·Wᵀ and, from :data:`GEMM_MIN_CHANNELS` input channels up, the input
     gradient dL/dx = dL/dy·W by ``gemm_a_w``, and the weight gradient dL/dW = dL/dyᵀ·x by ``gemm_at_b``. Below that,
-    oneDNN's gradients (measured faster there: BENCHMARKS.md, sessions 14 and 16). A weight not stored as
+    oneDNN's gradients (measured faster there: BENCHMARKS.md, sessions 14, 16 and 18). A weight not stored as
     [C_out][C_in] rows takes oneDNN's forward too."""
 
     @staticmethod
