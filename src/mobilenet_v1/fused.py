@@ -415,33 +415,28 @@ def conv3x3(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return Conv3x3.apply(x, conv.weight, conv.stride[0])
 
 
-def _depthwise_forward(lib, x, weight, stride: int, bn=(None, None, None), stats=None):
-    """3×3 depthwise convolution of x (or, bn = (mean32, a, b), of max((x - mean32)·a + b, 0)); returns (y, taps).
-    With stats = (shift [C] float32, sums [2, C] float64): also y's batch statistics, as :func:`_bn_forward` sums
-    them (shift: the mean of the first image's middle output row, written by the kernel)."""
+def _depthwise_forward(lib, x, weight, stride: int, bn=_NO_BN):
+    """3×3 depthwise convolution of x (or, bn = (mean32, a, b), of max((x - mean32)·a + b, 0)); returns (y, taps)
+    (the kernel's batch statistics of y: ``csrc/block.c``)"""
     n, c, h, w = x.shape
     oh, ow = _out_size(h, stride), _out_size(w, stride)
     taps = weight.detach().reshape(c, 9).t().contiguous()  # [9, C]: a tap's channels are contiguous
     y = torch.empty(n, c, oh, ow, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-    shift, sums = stats or (None, None)
-    args = (_ptr(x), *map(_ptr, bn), _ptr(taps), _ptr(y), n, h, w, c, oh, ow, stride, _ptr(shift), _ptr(sums))
+    args = (_ptr(x), *map(_ptr, bn), _ptr(taps), _ptr(y), n, h, w, c, oh, ow, stride, None, None)
     _call(lib.dw3x3_forward, *args)
     return y, taps
 
 
-def _depthwise_backward(
-    lib, gy, x, taps, stride: int, grads=(True, True), bn=(None, None, None), sums=None, bn_grad=(None,) * 7
-):
+def _depthwise_backward(lib, gy, x, taps, stride: int, grads=(True, True), bn=_NO_BN, sums=None):
     """(dL/dx, dL/dw) of :func:`_depthwise_forward` in one pass over gy (grads: which of the two; None for the
     other). With bn, the input is the batch norm + ReLU a of x: dL/da in place of dL/dx, and that batch norm's
-    gradient sums into sums [2, C] unless sums is None. With bn_grad = (y, mean32, a, b, p, q, r), gy is dL/dz of
-    z = relu(batch_norm(y)) of this convolution's output y, and the kernel reads dL/dy = p·m·gy + q·(y - mean32) + r
-    (:func:`_bn_grad_coefficients`) in place of a stored map."""
+    gradient sums into sums [2, C] unless sums is None. (gy read as dL/dz through the next batch norm + ReLU:
+    ``csrc/block.c``.)"""
     n, c, h, w = x.shape
     gx = torch.empty_like(x, memory_format=torch.channels_last) if grads[0] else None
     gw = torch.empty(9, c, dtype=torch.float64) if grads[1] else None
     shape = (n, h, w, c, *gy.shape[2:], stride)
-    args = (_ptr(gy), _ptr(x), _ptr(taps), _ptr(gx), _ptr(gw), *shape, *map(_ptr, bn), _ptr(sums), *map(_ptr, bn_grad))
+    args = (_ptr(gy), _ptr(x), _ptr(taps), _ptr(gx), _ptr(gw), *shape, *map(_ptr, bn), _ptr(sums), *(None,) * 7)
     _call(lib.dw3x3_backward, *args)
     return gx, None if gw is None else gw.t().contiguous().reshape(c, 1, 3, 3).to(taps.dtype)  # the weight's strides
 
@@ -502,19 +497,18 @@ class PointwiseConv(torch.autograd.Function):
         return gx, gw, None
 
 
-def _pointwise_forward(lib, x, weight, stats=None, bn=_NO_BN):
-    """y = x·Wᵀ on the channels-last views by ``gemm_a_w``, with y's batch statistics into ``stats`` where given,
-    and x read through bn = (mean32, a, b), a batch norm + ReLU, where given"""
+def _pointwise_forward(lib, x, weight, stats=None):
+    """y = x·Wᵀ on the channels-last views by ``gemm_a_w``, with y's batch statistics into ``stats`` where given"""
     n, c_in, h, w = x.shape
     c_out = weight.shape[0]
     y = torch.empty(n, c_out, h, w, memory_format=torch.channels_last)
     shift, sums = stats or (None, None)
     args = (_ptr(x), c_in, _ptr(weight), c_in, 1, _ptr(y), n * h * w, c_in, c_out, _ptr(shift), _ptr(sums))
-    _call(lib.gemm_a_w, *args, *map(_ptr, bn))
+    _call(lib.gemm_a_w, *args, *_NO_BN)
     return y
 
 
-def _pointwise_backward(lib, gy, x, weight, needs=(True, True), bn=_NO_BN):
+def _pointwise_backward(lib, gy, x, weight, needs=(True, True)):
     """(dL/dx, dL/dW) of :func:`_pointwise_forward` (each None unless ``needs`` it): ``gemm_a_w`` and ``gemm_at_b``"""
     n, c_in, h, w = x.shape
     c_out = weight.shape[0]
@@ -525,7 +519,7 @@ def _pointwise_backward(lib, gy, x, weight, needs=(True, True), bn=_NO_BN):
         _call(lib.gemm_a_w, *args)
     if needs[1]:
         gw = torch.empty_like(weight)  # the weight's own strides, as DDP's gradient buckets expect
-        _call(lib.gemm_at_b, _ptr(gy), c_out, _ptr(x), c_in, _ptr(gw), n * h * w, c_out, c_in, *map(_ptr, bn))
+        _call(lib.gemm_at_b, _ptr(gy), c_out, _ptr(x), c_in, _ptr(gw), n * h * w, c_out, c_in, *_NO_BN)
     return gx, gw
 
 
@@ -534,14 +528,14 @@ def _rows_layout(weight: torch.Tensor) -> bool:
     return weight.stride()[:2] == (weight.shape[1], 1)
 
 
-def _depthwise_backward_through_bn(lib, gy, x, taps, stride: int, need_gw: bool, mean32, a, b, bn_grad=(None,) * 7):
+def _depthwise_backward_through_bn(lib, gy, x, taps, stride: int, need_gw: bool, mean32, a, b):
     """(dL/da, dL/dw, the batch norm's gradient sums) for a depthwise convolution of a = relu(batch_norm(x))"""
     bn = (mean32, a, b)
     if x.nbytes > SUMS_IN_PLACE_BYTES:  # the batch norm's gradient sums from each row of dL/da as it is written
         sums = torch.empty(2, x.shape[1], dtype=torch.float64)
-        ga, gw = _depthwise_backward(lib, gy, x, taps, stride, (True, need_gw), bn, sums, bn_grad)
+        ga, gw = _depthwise_backward(lib, gy, x, taps, stride, (True, need_gw), bn, sums)
     else:  # a map the caches hold: a separate pass is faster
-        ga, gw = _depthwise_backward(lib, gy, x, taps, stride, (True, need_gw), bn, None, bn_grad)
+        ga, gw = _depthwise_backward(lib, gy, x, taps, stride, (True, need_gw), bn, None)
         sums = _bn_grad_sums(lib, ga, x, mean32, a, b)
     return ga, gw, sums
 
@@ -613,10 +607,10 @@ class DepthwiseBlock(torch.autograd.Function):
         dw = weight.detach().contiguous()  # [C][9]
         bn1 = (bn1_weight, bn1_bias, rm1, rv1, momentum1, eps1)
         bn2 = (bn2_weight, bn2_bias, rm2, rv2, momentum2, eps2)
-        with torch.no_grad():  # the running statistics move in place, as F.batch_norm moves them
-            args = (x, x_shift, x_sums, dw, n, h, w, c, stride, *bn1, *bn2, s64, s32, y, pw_weight, c_out, out)
-            stream = int(pw_weight is None and out.nbytes > STREAM_BYTES)
-            _call(lib.dw_block_forward, *map(_ptr_or_value, args), _ptr(out_shift), _ptr(out_sums), stream)
+        # the kernel moves the running statistics in place, as F.batch_norm moves them
+        args = (x, x_shift, x_sums, dw, n, h, w, c, stride, *bn1, *bn2, s64, s32, y, pw_weight, c_out, out)
+        stream = int(pw_weight is None and out.nbytes > STREAM_BYTES)
+        _call(lib.dw_block_forward, *map(_ptr_or_value, args), _ptr(out_shift), _ptr(out_sums), stream)
         ctx.save_for_backward(x, y, s64, s32, bn1_weight, bn1_bias, bn2_weight, bn2_bias, pw_weight)
         ctx.stride = stride
         return out

@@ -162,13 +162,13 @@ static void block(const float *A, int64_t lda, const float *B, int64_t ldb, cons
   for (int64_t jc = n0; jc < n1; jc += NC) {
     int64_t nc = min64(n1 - jc, NC);
     int64_t la = ((m1 - m0) * 4 + 63) / 64, lb = (nc * 4 + 63) / 64;
-    int64_t tiles = ((m1 - m0 + MR - 1) / MR) * ((nc + NR - 1) / NR), per_tile = 0;
+    int64_t tiles = ((m1 - m0 + MR - 1) / MR) * ((nc + NR - 1) / NR);
     for (int64_t pc = 0; pc < K; pc += KC) {
       int64_t kc = min64(K - pc, KC);
       int64_t next = min64(K - pc - kc, KC); /* the next block's rows, fetched while this one computes */
       prefetch_t pf = {(const char *)(A + m0), (const char *)(B + jc), lda * 4, ldb * 4, la, lb,
                        pc + kc, 0, pc + kc + next};
-      per_tile = PREFETCH ? (next * (la + lb) + tiles - 1) / tiles : 0;
+      int per_tile = PREFETCH ? (int)((next * (la + lb) + tiles - 1) / tiles) : 0;
       pack_b(B + pc * ldb, ldb, kc, jc, nc, n1, bn, Bp);
       for (int64_t ic = m0; ic < m1; ic += MC) {
         int64_t mc = min64(m1 - ic, MC);
@@ -178,7 +178,7 @@ static void block(const float *A, int64_t lda, const float *B, int64_t ldb, cons
           for (int64_t i = 0; i < mc; i += MR) {
             int mr = (int)min64(m1 - (ic + i), MR);
             tile(kc, Ap + i * kc, Bp + j * kc, C + (ic + i) * ldc + jc + j, ldc, mr, nr, pc == 0);
-            prefetch_some(&pf, (int)per_tile);
+            prefetch_some(&pf, per_tile);
           }
         }
       }
