@@ -17,9 +17,12 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from mobilenet_v1.convert import export_keras, load_any, to_keras  # noqa: E402
+from mobilenet_v1.convert.adapt import adapt  # noqa: E402
+from mobilenet_v1.convert.common import conv_layers  # noqa: E402
+from mobilenet_v1.convert.keras_h5 import keras_name  # noqa: E402
+from mobilenet_v1.cost import cost_of  # noqa: E402
 from mobilenet_v1.model import MobileNetV1, ModelConfig  # noqa: E402
-
-TOL = 1e-5  # the issue's bound on max |Δ| vs Keras
+from parity import assert_close, draw_sizes, reaches_odd_map  # noqa: E402
 # Keras's own variables trip NumPy 2's __array__(copy=...) deprecation thousands of times: not ours
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 _BUILT: dict[tuple, object] = {}
@@ -46,12 +49,11 @@ def randomize(kmodel, seed: int = 0):
     return kmodel
 
 
-def keras_model(alpha: float, size: int, include_top: bool = True):
-    key = (alpha, size, include_top)
+def keras_model(alpha: float, size: int, include_top: bool = True, pooling: str | None = None):
+    key = (alpha, size, include_top, pooling)
     if key not in _BUILT:
-        km = keras.applications.MobileNet(
-            input_shape=(size, size, 3), alpha=alpha, weights=None, include_top=include_top, classifier_activation=None
-        )
+        km = keras.applications.MobileNet(input_shape=(size, size, 3), alpha=alpha, weights=None,
+                                          include_top=include_top, pooling=pooling, classifier_activation=None)  # fmt: skip
         _BUILT[key] = randomize(km, seed=len(_BUILT))
     return _BUILT[key]
 
@@ -71,26 +73,55 @@ def ours_out(model: MobileNetV1, x: np.ndarray, features: bool = False) -> np.nd
     return y.numpy()
 
 
-GRID = [(a, s) for a in (0.25, 0.5, 0.75, 1.0) for s in (128, 160, 224)]
+HEADS = (("top", None), ("no top", None), ("no top", "avg"), ("no top", "max"))  # Keras's include_top / pooling
+CONTAINERS = (".weights.h5", ".keras", ".h5")
 
 
-@pytest.mark.parametrize(("alpha", "size"), [*GRID, (0.35, 96), (0.2, 96)])
-def test_keras_weights_match_keras_outputs(tmp_path, alpha, size):
-    km = keras_model(alpha, size)
-    path = tmp_path / "m.weights.h5"
-    km.save_weights(path)
+def keras_grid(n: int = 14, seed: int = 23) -> list[tuple[float, int, str, str | None, str]]:
+    """(α, size, top, pooling, container) cases: α uniform in [0.1, 1.5], sizes in [32, 320] with at least four
+    reaching odd maps, every head and container cycled through in a seeded random order."""
+    rng = np.random.default_rng(seed)
+    sizes = draw_sizes(n, seed, odd_maps=4)
+    alphas = np.round(rng.uniform(0.1, 1.5, n), 2)
+    heads = [HEADS[i] for i in rng.permutation(n) % len(HEADS)]
+    containers = [CONTAINERS[i] for i in rng.permutation(n) % len(CONTAINERS)]
+    return [(float(a), s, *h, c) for a, s, h, c in zip(alphas, sizes, heads, containers)]
+
+
+GRID = keras_grid()
+
+
+def test_the_keras_grid_covers_what_it_claims():
+    assert len(GRID) >= 12
+    assert sum(reaches_odd_map(size, "keras") for _, size, *_ in GRID) >= 4
+    assert {(top, pool) for _, _, top, pool, _ in GRID} == set(HEADS)
+    assert min(a for a, *_ in GRID) < 0.25 and max(a for a, *_ in GRID) > 1.0  # below min_depth, above 1
+
+
+@pytest.mark.parametrize(("alpha", "size", "top", "pooling", "container"), GRID)
+def test_keras_weights_match_keras_outputs(tmp_path, alpha, size, top, pooling, container):
+    km = keras_model(alpha, size, include_top=top == "top", pooling=pooling)
+    path = tmp_path / f"m{container}"
+    km.save_weights(path) if container == ".weights.h5" else km.save(path)
     model, info = load_any(path, resolution=size)
+    if container == ".weights.h5":  # a weights file has no config to say how Keras pooled: the caller says it
+        model = adapt(model, info, str(path), global_pool=pooling)
     x = images(size)
     expected = keras_out(km, x)
-    assert expected.std() > 0.1  # logits far from zero: a mapping error cannot hide in a dead network
-    diff = np.abs(ours_out(model, x) - expected).max()
-    print(f"alpha={alpha} size={size}: max |Δ logits| vs Keras {diff:.2e}")
-    assert diff <= TOL
+    assert expected.std() > 0.1  # outputs far from zero: a mapping error cannot hide in a dead network
+    got = ours_out(model, x, features=top != "top" and pooling is None)
+    print(f"alpha={alpha} size={size} {top} pooling={pooling} {container}: max |Δ| vs Keras "
+          f"{assert_close(got, expected):.2e}")  # fmt: skip
     c = model.config
-    assert (c.width_multiplier, c.resolution, c.num_classes) == (alpha, size, 1000)
-    assert (c.activation, c.padding, c.bn_eps) == ("relu6", "tf_same", 1e-3)
-    # Keras has no minimum depth: below α = 0.25 the stem has fewer than TF-slim's 8 channels
-    assert c.min_depth == (1 if alpha == 0.2 else 8)
+    assert (c.width_multiplier, c.resolution, c.num_classes) == (alpha, size, 1000 if top == "top" else 0)
+    assert (c.activation, c.padding, c.bn_eps) == ("relu6", "keras", 1e-3)
+    assert c.global_pool == (pooling or "avg")
+    # Keras has no minimum depth: where int(α·32) < 8 the stem has fewer than TF-slim's 8 channels
+    assert c.min_depth == (1 if int(32 * alpha) < 8 else 8)
+    # the cost model (and so `summary`) gives every layer the output shape Keras gives it
+    shapes = {r.name: r.output_shape for r in cost_of(c).layers}
+    for layer in conv_layers(alpha, c.min_depth):
+        assert tuple(km.get_layer(keras_name(layer.name)).output.shape[1:]) == shapes[layer.name], layer.name
 
 
 def test_every_keras_container_gives_the_same_weights(tmp_path):
@@ -130,11 +161,12 @@ def test_keras_without_top_matches_keras_features(tmp_path):
     for name in ("notop.keras", "notop.weights.h5"):
         model, _ = load_any(tmp_path / name, resolution=128)
         assert model.config.num_classes == 0
-        assert np.abs(ours_out(model, x, features=True) - keras_out(km, x)).max() <= TOL
+        assert_close(ours_out(model, x, features=True), keras_out(km, x))
 
 
-def random_ours(alpha=0.5, res=160, classes=1001) -> MobileNetV1:
-    cfg = ModelConfig(alpha, res, num_classes=classes, activation="relu6", padding="tf_same", bn_eps=1e-3)
+def random_ours(alpha=0.5, res=160, classes=1001, padding="keras", global_pool="avg") -> MobileNetV1:
+    cfg = ModelConfig(alpha, res, num_classes=classes, activation="relu6", padding=padding, bn_eps=1e-3,
+                      global_pool=global_pool)  # fmt: skip
     model = MobileNetV1(config=cfg).eval()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -161,16 +193,67 @@ def test_ours_to_keras_to_ours_is_exact(tmp_path, suffix):
         assert torch.equal(a, b), k
 
 
-def test_exported_keras_model_computes_what_ours_does():
-    model = random_ours(alpha=0.25, res=128, classes=10)
+@pytest.mark.parametrize(("alpha", "size", "classes", "pool"), [
+    (float(a), size, classes, pool) for a, size, classes, pool in
+    zip(np.round(np.random.default_rng(5).uniform(0.1, 1.5, 3), 2), draw_sizes(3, 5, odd_maps=3), (10, 0, 0),
+        ("avg", "avg", "max"))
+])  # fmt: skip
+def test_exported_keras_model_computes_what_ours_does(alpha, size, classes, pool):
+    model = random_ours(alpha=alpha, res=size, classes=classes, global_pool=pool)
     km = to_keras(model, classifier_activation=None)
-    assert km.name == "mobilenet_0.25_128"
-    x = images(128)
-    assert np.abs(keras_out(km, x) - ours_out(model, x)).max() <= TOL
+    assert km.name == f"mobilenet_{alpha:0.2f}_{size}"
+    x = images(size)
+    assert_close(keras_out(km, x), ours_out(model, x))
+
+
+def test_tf_same_model_exports_where_keras_pads_alike_and_is_refused_where_it_does_not(tmp_path):
+    """At 160 every map is even and Keras's padding is TF 'SAME': the export computes what ours does, and comes
+    back as padding='keras' (what the Keras file computes at any size). At 150 the 75×75 map is padded
+    differently: refused with one line naming the layer, nothing written."""
+    model = random_ours(0.5, 160, padding="tf_same")
+    path = export_keras(model, tmp_path / "even.keras")
+    back, _ = load_any(path)
+    assert back.config.padding == "keras"
+    assert {**back.config.to_dict(), "padding": "tf_same"} == model.config.to_dict()
+    x = images(160)
+    assert np.array_equal(ours_out(back, x), ours_out(model, x))
+    odd = random_ours(0.5, 150, padding="tf_same")
+    with pytest.raises(ValueError, match="padding 'tf_same' at resolution 150: Conv2d_2_depthwise reads a 75×75 map"):
+        export_keras(odd, tmp_path / "odd.keras")
+    assert [p.name for p in tmp_path.iterdir()] == ["even.keras"]
 
 
 def test_export_refuses_a_model_keras_cannot_reproduce(tmp_path):
     timm_like = MobileNetV1(config=ModelConfig(activation="relu6", padding="symmetric", bn_eps=1e-5))
     with pytest.raises(ValueError, match="padding 'symmetric'.*bn_eps 1e-05"):
         export_keras(timm_like, tmp_path / "x.keras")
+    max_pooled_head = random_ours(global_pool="max")
+    with pytest.raises(ValueError, match="global_pool 'max' under a classifier"):
+        export_keras(max_pooled_head, tmp_path / "x.keras")
     assert not any(tmp_path.iterdir())
+
+
+def test_converted_keras_directory_keeps_its_padding_in_summary_and_onnx(tmp_path, capsys):
+    """Keras's padding travels in config.json: ``summary DIR`` gives Keras's map sizes and the ONNX export
+    computes what Keras computes, at a size (150) whose maps are odd."""
+    import json
+
+    import onnxruntime as ort
+
+    from mobilenet_v1.cli import main
+
+    km = keras_model(0.6, 150)
+    km.save(tmp_path / "m.keras")
+    assert main(["convert", str(tmp_path / "m.keras"), "-o", str(tmp_path / "ours")]) == 0
+    assert json.loads((tmp_path / "ours" / "config.json").read_text())["model"]["padding"] == "keras"
+    capsys.readouterr()
+    assert main(["summary", str(tmp_path / "ours"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    shapes = {layer["name"]: tuple(layer["output_shape"]) for layer in report["layers"]}
+    for layer in conv_layers(0.6):
+        assert tuple(km.get_layer(keras_name(layer.name)).output.shape[1:]) == shapes[layer.name], layer.name
+    assert main(["export", str(tmp_path / "ours"), "--format", "onnx", "-o", str(tmp_path / "m.onnx")]) == 0
+    x = images(150)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": np.ascontiguousarray(x.transpose(0, 3, 1, 2))})[0]
+    assert_close(got, keras_out(km, x))

@@ -21,7 +21,7 @@ GRID = [
 
 
 @pytest.mark.parametrize("alpha,res,variant,os_,classes", GRID)
-@pytest.mark.parametrize("padding", ["symmetric", "tf_same"])
+@pytest.mark.parametrize("padding", ["symmetric", "tf_same", "keras"])
 def test_counter_matches_module(alpha, res, variant, os_, classes, padding):
     cfg = ModelConfig(alpha, res, variant, classes, output_stride=os_, padding=padding)
     model = MobileNetV1(config=cfg).eval()
@@ -122,7 +122,8 @@ def test_registry_has_paper_grid_and_baselines():
         ({"variant": "mobile"}, "standard, full_conv, shallow; got 'mobile'"),
         ({"output_stride": 4}, "8, 16, 32; got 4"),
         ({"activation": "gelu"}, "relu, relu6; got 'gelu'"),
-        ({"padding": "same"}, "symmetric, tf_same; got 'same'"),
+        ({"padding": "same"}, "symmetric, tf_same, keras; got 'same'"),
+        ({"global_pool": "sum"}, "avg, max; got 'sum'"),
     ],
 )
 def test_bad_config(kwargs, fragment):

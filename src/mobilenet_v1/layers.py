@@ -1,44 +1,51 @@
-"""Building blocks: convolution + batch norm + activation, with PyTorch or TensorFlow padding."""
+"""Building blocks: convolution + batch norm + activation, padded as PyTorch, TensorFlow or Keras pad."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fused
+from . import fused, spec
 
 ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6}
-PADDINGS = ("symmetric", "tf_same")
+PADDINGS = spec.PADDINGS
 
 
 class Conv2dSame(nn.Conv2d):
-    """``nn.Conv2d`` with TensorFlow's 'SAME' padding.
+    """``nn.Conv2d`` padded by TensorFlow's 'SAME' rule (``rule="tf_same"``) or Keras's (``rule="keras"``).
 
     TF puts the odd row/column of padding at the bottom/right: at stride 2 on an even input that is
     (0, 1), not (1, 1). Symmetric padding gives the same output shape but shifts every activation by
-    a pixel, which breaks parity with TF/Keras weights. At stride 1 'SAME' is symmetric, so those
-    layers use plain static padding and only stride-2 layers pay for the dynamic pad.
+    a pixel, which breaks parity with TF/Keras weights. Keras's MobileNet pads its stride-2 depthwise
+    convolutions by (0, 1) whatever the map's size (:func:`mobilenet_v1.spec.pads`). At stride 1 both
+    rules are symmetric, so those layers use plain static padding and only stride-2 layers pay for the pad.
     """
+
+    def __init__(self, *args, rule: str = "tf_same", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rule = rule
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(F.pad(x, same_pads(self, x)))
 
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rule={self.rule}"
 
-def same_pads(conv: nn.Conv2d, x: torch.Tensor) -> list[int]:
-    """TF 'SAME' padding of ``x`` for ``conv``, in ``F.pad`` order: (left, right, top, bottom)."""
+
+def same_pads(conv: nn.Module, x: torch.Tensor) -> list[int]:
+    """Padding of ``x`` for ``conv`` (a :class:`Conv2dSame`, or a module copying its attributes), in
+    ``F.pad`` order: (left, right, top, bottom)."""
     pads = []
     for size, k, s, d in zip(x.shape[-1:-3:-1], conv.kernel_size[::-1], conv.stride[::-1], conv.dilation[::-1]):
-        total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
-        pads += [total // 2, total - total // 2]
+        pads += spec.pads(size, k, s, d, conv.rule, conv.groups > 1)
     return pads
 
 
 def make_conv(in_ch: int, out_ch: int, kernel: int, stride: int, dilation: int, groups: int, padding: str) -> nn.Conv2d:
-    if padding == "tf_same" and stride > 1:
-        return Conv2dSame(in_ch, out_ch, kernel, stride, padding=0, dilation=dilation, groups=groups, bias=False)
+    if padding != "symmetric" and stride > 1:
+        return Conv2dSame(in_ch, out_ch, kernel, stride, padding=0, dilation=dilation, groups=groups, bias=False,
+                          rule=padding)  # fmt: skip
     pad = dilation * (kernel - 1) // 2
     return nn.Conv2d(in_ch, out_ch, kernel, stride, padding=pad, dilation=dilation, groups=groups, bias=False)
 

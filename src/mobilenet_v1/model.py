@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from . import fused, spec
-from .layers import ACTIVATIONS, PADDINGS, ConvBNAct
+from .layers import ACTIVATIONS, ConvBNAct
+
+GLOBAL_POOLS = {"avg": nn.AdaptiveAvgPool2d, "max": nn.AdaptiveMaxPool2d}
 
 
 @dataclass(frozen=True)
@@ -24,10 +26,11 @@ class ModelConfig:
     in_chans: int = 3
     dropout: float = 0.0
     activation: str = "relu"  # the paper; Google's released weights use relu6
-    padding: str = "symmetric"  # "tf_same" for TensorFlow/Keras weights
+    padding: str = "symmetric"  # "tf_same" for TensorFlow graphs, "keras" for Keras files (spec.PADDINGS)
     bn_eps: float = 1e-5  # TF-slim and Keras use 1e-3
     output_stride: int = 32
     min_depth: int = spec.DEFAULT_MIN_DEPTH
+    global_pool: str = "avg"  # the paper's 7×7 average pool; "max" for Keras's pooling="max" feature extractors
     extra: dict = field(default_factory=dict, compare=False)  # e.g. the 1001-class "background" offset
 
     def __post_init__(self):
@@ -39,11 +42,12 @@ class ModelConfig:
             self.num_classes,
             self.in_chans,
             self.min_depth,
+            self.padding,
         )
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {self.activation!r}")
-        if self.padding not in PADDINGS:
-            raise ValueError(f"padding must be one of {', '.join(PADDINGS)}; got {self.padding!r}")
+        if self.global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"global_pool must be one of {', '.join(GLOBAL_POOLS)}; got {self.global_pool!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
 
@@ -56,6 +60,7 @@ class ModelConfig:
             self.num_classes,
             self.in_chans,
             self.min_depth,
+            self.padding,
         )
 
     def to_dict(self) -> dict:
@@ -90,6 +95,7 @@ class MobileNetV1(nn.Module):
         output_stride: int = 32,
         min_depth: int = spec.DEFAULT_MIN_DEPTH,
         resolution: int = 224,
+        global_pool: str = "avg",
         features_only: bool = False,
         out_indices: Sequence[int] = (0, 1, 2, 3, 4),
         config: ModelConfig | None = None,
@@ -108,6 +114,7 @@ class MobileNetV1(nn.Module):
                 bn_eps,
                 output_stride,
                 min_depth,
+                global_pool,
             )
         self.config = config
         layers = config.layers()
@@ -144,7 +151,7 @@ class MobileNetV1(nn.Module):
         ]
         self._tap_names = {taps[i].name for i in out_indices}
         if not features_only:
-            self.global_pool = nn.AdaptiveAvgPool2d(1)
+            self.global_pool = GLOBAL_POOLS[config.global_pool](1)
             self.dropout = nn.Dropout(config.dropout)
             self.classifier = nn.Linear(self.num_features, config.num_classes) if config.num_classes else nn.Identity()
         self.reset_parameters()

@@ -12,6 +12,14 @@ from dataclasses import asdict, dataclass
 
 VARIANTS = ("standard", "full_conv", "shallow")
 OUTPUT_STRIDES = (8, 16, 32)
+# How a convolution pads its input; every consumer (module, cost model, summary, exporters) reads :func:`pads`.
+#   symmetric  dilation·(k−1)/2 on each side: PyTorch's and timm's default.
+#   tf_same    TensorFlow's 'SAME' (TF-slim, Google's graphs, timm's pad_type='same'): output ceil(size/stride),
+#              the odd row/column of padding at the bottom/right.
+#   keras      keras.applications.MobileNet: 'SAME', except that a stride-2 depthwise convolution reads
+#              ZeroPadding2D(((0, 1), (0, 1))) + 'valid'. That equals 'SAME' only on an even map; on an odd
+#              one (a 150 px input reaches 75×75) 'SAME' pads (1, 1) and gives ceil(75/2) = 38, Keras (0, 1) and 37.
+PADDINGS = ("symmetric", "tf_same", "keras")
 MIN_RESOLUTION = 32
 DEFAULT_MIN_DEPTH = 8  # TF-slim's floor on channel counts after α scaling
 
@@ -109,6 +117,28 @@ class Layer:
         return d
 
 
+def pads(size: int, kernel: int, stride: int, dilation: int, padding: str, depthwise: bool) -> tuple[int, int]:
+    """Zeros (before, after) along one spatial axis of a convolution's input, by the model's padding rule."""
+    span = dilation * (kernel - 1) + 1
+    if padding == "symmetric":
+        return (span - 1) // 2, (span - 1) // 2
+    if padding == "keras" and depthwise and stride == 2:
+        return 0, 1
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {', '.join(PADDINGS)}; got {padding!r}")
+    total = max((math.ceil(size / stride) - 1) * stride + span - size, 0)
+    return total // 2, total - total // 2
+
+
+def output_size(size: int, kernel: int, stride: int, dilation: int, padding: str, depthwise: bool) -> int:
+    """Output length along one axis: ``⌊(size + padding − span) / stride⌋ + 1``."""
+    before, after = pads(size, kernel, stride, dilation, padding, depthwise)
+    out = (size + before + after - dilation * (kernel - 1) - 1) // stride + 1
+    if out < 1:
+        raise ValueError(f"a {size}-pixel map is too small for a {kernel}×{kernel} convolution at stride {stride}")
+    return out
+
+
 def scaled_channels(n: int, width_multiplier: float, min_depth: int = DEFAULT_MIN_DEPTH) -> int:
     """Channels of a layer with N channels at α = 1: ``max(int(α·N), min_depth)`` (Section 4.2, TF-slim)."""
     return max(int(n * width_multiplier), min_depth)
@@ -122,6 +152,7 @@ def validate(
     num_classes: int = 1000,
     in_chans: int = 3,
     min_depth: int = DEFAULT_MIN_DEPTH,
+    padding: str = "symmetric",
 ) -> None:
     """Raise ``ValueError`` naming what was received and what is allowed."""
     checks = [
@@ -144,6 +175,7 @@ def validate(
         ),
         (isinstance(in_chans, int) and in_chans >= 1, f"in_chans must be an integer >= 1, got {in_chans!r}"),
         (isinstance(min_depth, int) and min_depth >= 1, f"min_depth must be an integer >= 1, got {min_depth!r}"),
+        (padding in PADDINGS, f"padding must be one of {', '.join(PADDINGS)}; got {padding!r}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -169,21 +201,22 @@ def resolve(
     num_classes: int = 1000,
     in_chans: int = 3,
     min_depth: int = DEFAULT_MIN_DEPTH,
+    padding: str = "symmetric",
 ) -> list[Layer]:
     """Concrete layers, in order: convolutions, global average pool, and (if ``num_classes``) the FC.
 
     ``output_stride`` < 32 follows TF-slim: once the running stride reaches it, later stride-2
     layers run at stride 1 and every later depthwise conv is dilated by the stride it skipped.
     """
-    validate(width_multiplier, resolution, variant, output_stride, num_classes, in_chans, min_depth)
+    validate(width_multiplier, resolution, variant, output_stride, num_classes, in_chans, min_depth, padding)
     layers: list[Layer] = []
     channels, hw = in_chans, (resolution, resolution)
     current_stride, rate = 1, 1
 
     def add(name, op, kernel, stride, dilation, out, groups, block, nominal):
         nonlocal channels, hw
-        # 'SAME'-style output size; symmetric padding of dilation·(k−1)/2 gives the same shape for odd k.
-        out_hw = (math.ceil(hw[0] / stride), math.ceil(hw[1] / stride))
+        depthwise = op == OP_DEPTHWISE
+        out_hw = tuple(output_size(size, kernel, stride, dilation, padding, depthwise) for size in hw)
         layers.append(Layer(name, op, kernel, stride, dilation, channels, out, groups, hw, out_hw, block, nominal))
         channels, hw = out, out_hw
 

@@ -13,7 +13,7 @@ def format_summary(report: CostReport) -> str:
     c = report.config
     header = (
         f"MobileNet-V1  alpha={c.width_multiplier:g}  resolution={c.resolution} (rho={c.resolution / 224:.3f})  "
-        f"variant={c.variant}  output_stride={c.output_stride}  classes={c.num_classes}"
+        f"variant={c.variant}  output_stride={c.output_stride}  padding={c.padding}  classes={c.num_classes}"
     )
     cols = ("Layer", "Op", "Kernel", "Stride", "Input", "Output", "Mult-Adds", "Params")
     body = [

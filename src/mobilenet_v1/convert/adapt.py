@@ -2,7 +2,7 @@
 
 Settings that change the weights' meaning (α, activation, padding, BN ε, …) must equal the source's:
 asking for ``width_multiplier=0.5`` from α = 1 weights is an error, not a silent re-initialisation.
-Settings that do not (input resolution, dropout, output stride, the backbone options) are applied.
+Settings that do not (input resolution, dropout, output stride, global pooling, the backbone options) are applied.
 The class count is special: Google's 1001-class head becomes the 1000-class one by dropping logit 0
 ("background"), ``num_classes=0`` drops the head, and any other count is refused with the way to get
 a new head (``reset_classifier`` / ``train --init``).
@@ -19,7 +19,7 @@ from ..model import MobileNetV1, ModelConfig
 # ModelConfig fields the weights were trained with: they must match the source
 FIXED = ("width_multiplier", "variant", "in_chans", "activation", "padding", "bn_eps", "min_depth")
 # ModelConfig fields free to change on the same weights
-FREE = ("resolution", "dropout", "output_stride", "num_classes")
+FREE = ("resolution", "dropout", "output_stride", "num_classes", "global_pool")
 BACKBONE = ("features_only", "out_indices")
 
 

@@ -83,6 +83,7 @@ def assemble(
     padding: str,
     bn_eps: float,
     resolution: int = 224,
+    global_pool: str = "avg",
 ) -> MobileNetV1:
     """Build our model from per-layer weights; ``head`` is ``(weight (K, C), bias (K,))`` or None."""
     expected = layer_names()
@@ -103,6 +104,7 @@ def assemble(
         padding=padding,
         bn_eps=float(bn_eps),
         min_depth=min_depth,
+        global_pool=global_pool,
     )
     state: dict[str, torch.Tensor] = {}
     for name in expected:

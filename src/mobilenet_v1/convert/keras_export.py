@@ -1,9 +1,10 @@
 """Export our weights into ``keras.applications.MobileNet(weights=None, alpha=α)`` (Keras 3, any backend).
 
-Keras's MobileNet is fixed: TF 'SAME' padding (``ZeroPadding2D`` + 'valid' at stride 2), BN ε = 1e-3,
-ReLU6 and ``int(α·N)`` channels with no minimum depth. A model that differs in any of these (e.g. one
-converted from timm: symmetric padding, ε = 1e-5) would give different outputs in Keras, so exporting
-it is refused with the reason rather than silently approximated.
+Keras's MobileNet is fixed: its own padding (``padding='keras'``; TF 'SAME' on even maps), BN ε = 1e-3,
+ReLU6, ``int(α·N)`` channels with no minimum depth and average pooling under its classifier. A model that
+differs in any of these (e.g. one converted from timm: symmetric padding, ε = 1e-5; or a TF 'SAME' model at a
+size that reaches an odd map) would give different outputs in Keras, so exporting it is refused with the
+reason rather than silently approximated.
 
 Keras is imported only here. Keras 3 picks its backend at import time and defaults to TensorFlow,
 which this project never requires; when nothing chose a backend and TensorFlow is absent we ask for
@@ -55,12 +56,24 @@ def keras_incompatibilities(model: MobileNetV1) -> list[str]:
     problems = []
     if c.variant != "standard":
         problems.append(f"variant {c.variant!r} (Keras has only the standard network)")
-    if c.padding != "tf_same":
-        problems.append(f"padding {c.padding!r} (Keras pads like TF 'SAME': padding='tf_same')")
+    if c.padding == "symmetric":
+        problems.append("padding 'symmetric' (Keras pads like TF 'SAME' on even maps: padding='keras')")
+    elif c.padding == "tf_same":
+        odd = [layer for layer in c.layers() if layer.op == spec.OP_DEPTHWISE and layer.stride == 2
+               and any(size % 2 for size in layer.input_hw)]  # fmt: skip
+        if odd:
+            h, w = odd[0].input_hw
+            problems.append(
+                f"padding 'tf_same' at resolution {c.resolution}: {odd[0].name} reads a {h}×{w} map, which TF "
+                "'SAME' pads (1, 1) and Keras (0, 1) (export at a resolution whose maps are even, e.g. a multiple "
+                "of 32, or a model with padding='keras')"
+            )
     if c.activation != "relu6":
         problems.append(f"activation {c.activation!r} (Keras uses relu6)")
     if abs(c.bn_eps - KERAS_BN_EPS) > 1e-9:
         problems.append(f"bn_eps {c.bn_eps:g} (Keras uses {KERAS_BN_EPS:g})")
+    if c.num_classes and c.global_pool != "avg":
+        problems.append(f"global_pool {c.global_pool!r} under a classifier (Keras's top pools by average)")
     if c.output_stride != 32:
         problems.append(f"output_stride {c.output_stride} (Keras has no dilation)")
     ours = [layer.out_channels for layer in model.config.layers() if layer.op in ("conv", "pointwise")]
@@ -87,6 +100,7 @@ def to_keras(model: MobileNetV1, classifier_activation: str | None = "softmax"):
         depth_multiplier=1,  # Keras's depthwise channel multiplier, not TF-slim's depth_multiplier (= α)
         dropout=c.dropout or KERAS_DEFAULT_DROPOUT,
         include_top=c.num_classes > 0,
+        pooling=None if c.num_classes else c.global_pool,  # without a top our model pools as it was configured
         weights=None,
         classes=c.num_classes or 1000,
         classifier_activation=classifier_activation,

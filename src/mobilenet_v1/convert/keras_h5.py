@@ -10,8 +10,9 @@ Three containers, one model:
 
 Keras 3 files are mapped to layer names through ``config.json`` when there is one, else by position:
 Keras names the k-th ``Conv2D`` of the model ``conv2d_k``, and MobileNet's layer order is Table 1's.
-Keras's stride-2 blocks are ``ZeroPadding2D(((0, 1), (0, 1)))`` + 'valid' — TF's 'SAME' — so the
-converted model uses ``padding='tf_same'``; ε and ReLU6 are read from the config when present.
+Keras's stride-2 depthwise convolutions are ``ZeroPadding2D(((0, 1), (0, 1)))`` + 'valid': TF's 'SAME' on an
+even map, one pixel less on an odd one, so the converted model uses ``padding='keras'`` and computes what
+Keras computes at every input size. ε, ReLU6 and ``pooling`` are read from the config when present.
 """
 
 from __future__ import annotations
@@ -153,11 +154,25 @@ def _resolution(config: dict | None, path: Path) -> int:
     return int(m[1]) if m else 224
 
 
-def _options(config: dict | None, where: str) -> tuple[str, float]:
-    """(activation, BN ε) from the config; Keras MobileNet's ReLU(6.) and ε = 1e-3 when there is none."""
-    eps, acts = set(), set()
+# keras.applications.MobileNet's padding layers: before the stride-2 depthwise convolutions of blocks 2, 4, 6, 12
+KERAS_PADS = {f"conv_pad_{i}" for i in (2, 4, 6, 12)}
+POOLS = {"GlobalAveragePooling2D": "avg", "GlobalMaxPooling2D": "max"}
+
+
+def _options(config: dict | None, where: str) -> tuple[str, float, str]:
+    """(activation, BN ε, global pool) from the config; Keras MobileNet's ReLU(6.), ε = 1e-3 and average pooling
+    when there is none."""
+    eps, acts, pool = set(), set(), "avg"
     for layer in _config_layers(config or {}):
         cls, cfg = layer.get("class_name"), layer.get("config", {})
+        name = layer.get("name") or cfg.get("name", "")
+        if cls == "ZeroPadding2D" and name not in KERAS_PADS:
+            raise ValueError(
+                f"{where}: Keras layer {name!r} pads where keras.applications.MobileNet does not (an older Keras's "
+                "MobileNet, or another network); only the current keras.applications.MobileNet is supported"
+            )
+        if cls in POOLS:
+            pool = POOLS[cls]
         if cls == "BatchNormalization":
             eps.add(float(cfg.get("epsilon", 1e-3)))
         elif cls == "ReLU":
@@ -168,7 +183,7 @@ def _options(config: dict | None, where: str) -> tuple[str, float]:
         raise ValueError(
             f"{where}: batch-norm epsilons {sorted(eps)} / activations {sorted(acts)} are not one MobileNet"
         )
-    return (acts.pop() if acts else "relu6"), (eps.pop() if eps else 1e-3)
+    return (acts.pop() if acts else "relu6"), (eps.pop() if eps else 1e-3), pool
 
 
 def _to_model(weights: dict, config: dict | None, where: str, resolution: int) -> tuple[MobileNetV1, object]:
@@ -194,9 +209,8 @@ def _to_model(weights: dict, config: dict | None, where: str, resolution: int) -
         kernel = weights[HEAD]["kernel"]  # (1, 1, C, K): Keras's classifier is a 1×1 conv
         bias = weights[HEAD].get("bias", np.zeros(kernel.shape[-1], np.float32))
         head = (np.ascontiguousarray(kernel.reshape(kernel.shape[-2], kernel.shape[-1]).T), bias)
-    activation, eps = _options(config, where)
-    model = assemble(
-        convs, head, where=where, activation=activation, padding="tf_same", bn_eps=eps, resolution=resolution
-    )
+    activation, eps, pool = _options(config, where)
+    model = assemble(convs, head, where=where, activation=activation, padding="keras", bn_eps=eps,
+                     resolution=resolution, global_pool=pool)  # fmt: skip
     source = {"format": FORMAT, "file": Path(where).name, "keras_config": config is not None}
     return model, make_info(model, tf_preprocessing(resolution), source)

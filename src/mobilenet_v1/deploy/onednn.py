@@ -42,6 +42,7 @@ class FusedConv2d(nn.Module):
         self.kernel_size, self.stride, self.dilation = conv.kernel_size, list(conv.stride), list(conv.dilation)
         self.padding = [0, 0] if self.same else list(conv.padding)
         self.groups, self.out_channels = conv.groups, conv.out_channels
+        self.rule = getattr(conv, "rule", None)  # Conv2dSame's padding rule, read by same_pads
         self.attr, self.scalars = _POST_OPS[type(act)] if act is not None else ("none", [])
         weight = conv.weight.detach()
         if self.same:  # the weight is packed for the padded input the convolution actually sees

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers import Conv2dSame, same_pads
 from .bias_correction import weight_scale
 from .fold import fold_bn
 from .quantize import DTYPE_RANGES, WEIGHT_GRIDS, resolve_reduce_range
@@ -58,7 +59,8 @@ def patch_moments(model: nn.Module, images: torch.Tensor, batch_size: int = 32, 
 
     def hook(name, conv):
         def record(_module, args):
-            patches = F.unfold(args[0], conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+            x = F.pad(args[0], same_pads(conv, args[0])) if isinstance(conv, Conv2dSame) else args[0]
+            patches = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
             n, k, length = patches.shape
             if conv.groups == 1:  # K × (N·L)
                 patches = patches.permute(1, 0, 2).reshape(k, n * length).double()
