@@ -7,6 +7,9 @@
 ``--data photos``: 100 fixed views of the 10 photographs bundled with scikit-image/scikit-learn/matplotlib;
 calibration on 300 random crops of them (seed 0). ``--data photos-holdout``: calibrate (and fine-tune) on
 300 crops of photos 0-4 only and evaluate on the 50 views of photos 5-9, which nothing has seen.
+Every recipe is measured at each weight range (7-bit int8, 8-bit int8, uint8: ``--ranges``), each file evaluated
+through ``exact_int8_session``: what it computes where int8 products are summed exactly, on any x86 CPU. The
+recipe × range table (top-1 agreement with fp32, mean KL to fp32) is printed after the JSON.
 ``--qat-steps N`` adds variants fine-tuned through the simulated int8 graph (``deploy/qat.py``) for N steps.
 ``--data gcompris``: the 219 photographs of animals and objects in Debian's gcompris-qt-data
 (``deploy/debian_photos.py``, fetched with apt-get), one centre-cropped view each; calibration on the 300
@@ -31,8 +34,8 @@ from PIL import Image
 from mobilenet_v1.checkpoint import atomic_path, from_pretrained
 from mobilenet_v1.deploy import bf16_supported, optimize_for_inference
 from mobilenet_v1.deploy.calibration import batches, list_images
-from mobilenet_v1.deploy.onnx_export import ort_session, read_metadata
-from mobilenet_v1.deploy.quantize import export_int8, resolve_reduce_range
+from mobilenet_v1.deploy.onnx_export import read_metadata
+from mobilenet_v1.deploy.quantize import exact_int8_session, export_int8, resolve_reduce_range
 from mobilenet_v1.deploy.samples import fashion_mnist, gcompris_photos, photo_crops, photo_views
 
 CONFIDENT = 0.5  # fp32 top-1 probability above which a prediction is not a near-tie
@@ -75,8 +78,41 @@ def logits_torch(model, images, pre) -> np.ndarray:
 
 
 def logits_onnx(path, images, pre) -> np.ndarray:
-    session = ort_session(path)
+    session = exact_int8_session(path)
     return np.concatenate([session.run(None, {"input": b})[0] for b in batches(images, pre, 64)])
+
+
+# Weight ranges: (label, weight type, reduce_range). 7-bit int8 is ORT's remedy for CPUs without VNNI; every file
+# is evaluated through exact_int8_session, so the 8-bit row is what a VNNI or ARM CPU computes, on any x86 CPU.
+RANGES = (("int8, 7-bit", "int8", True), ("int8, 8-bit", "int8", False), ("uint8", "uint8", False))
+# Recipes: (label, per-channel, bias correction, export_int8's rounding: "nearest", "depthwise" or "all")
+RECIPES = (("per-tensor", False, False, "nearest"), ("per-channel", True, False, "nearest"),
+           ("per-channel + bias correction", True, True, "nearest"),
+           ("+ optimal depthwise rounding", True, True, "depthwise"),
+           ("+ optimal rounding of every conv", True, True, "all"))  # fmt: skip
+
+
+def kl_to(ref: np.ndarray, out: np.ndarray) -> float:
+    """Mean KL(p_fp32 ‖ p_int8) over the images, in nats."""
+    def log_softmax(z):
+        z = z - z.max(1, keepdims=True)
+        return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+    lp, lq = log_softmax(ref.astype(np.float64)), log_softmax(out.astype(np.float64))
+    return float((np.exp(lp) * (lp - lq)).sum(1).mean())
+
+
+def markdown(result: dict) -> str:
+    """Recipe × weight range: top-1 agreement with fp32 (%) and mean KL to fp32."""
+    cols = [label for label, *_ in RANGES]
+    lines = ["| recipe | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for recipe, *_ in RECIPES:
+        cells = []
+        for col in cols:
+            row = result["variants"].get(f"{col}: {recipe}")
+            cells.append("–" if row is None else f"{row['top1_agreement_with_fp32']:.1f}% ({row['kl_to_fp32']:.4f})")
+        lines.append(f"| {recipe} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -86,14 +122,10 @@ def main(argv=None) -> int:
                    help="fashion-mnist, photos, photos-holdout, gcompris, photo-crops or an image dir")  # fmt: skip
     p.add_argument("--calibration", help="image directory for calibration (with --data DIR)")
     p.add_argument("--method", default="minmax", help="calibration method: minmax, entropy, percentile")
-    p.add_argument("--qat-steps", type=int, default=0, help="add a QAT variant fine-tuned for this many steps")
-    p.add_argument(
-        "--round-pointwise",
-        action="store_true",
-        help="add variants with the stem and pointwise filters rounded too (export --round-pointwise)",
-    )
+    p.add_argument("--ranges", nargs="+", default=[label for label, *_ in RANGES], help="weight ranges to measure")
+    p.add_argument("--qat-steps", type=int, default=0, help="add QAT variants fine-tuned for this many steps")
     p.add_argument("--qat-lr", type=float, default=None, help="its learning rate (default: qat.DEFAULT_LR)")
-    p.add_argument("--out", help="write the JSON result here too")
+    p.add_argument("--out", help="write the JSON result here too, and the table beside it (.md)")
     args = p.parse_args(argv)
     model = from_pretrained(args.model_dir)
     pre = model.pretrained.preprocessing
@@ -101,7 +133,8 @@ def main(argv=None) -> int:
     images, labels, calib, described = datasets(args.data, args.calibration)
     ref = logits_torch(model, images, pre)[:, offset:]
     result = {"model_dir": args.model_dir, "data": described, "images": len(images), "method": args.method,
-              "calibration_images": len(calib), "variants": {}}  # fmt: skip
+              "calibration_images": len(calib), "evaluated_with": "exact_int8_session (exact int8 sums on any CPU)",
+              "default_reduce_range_here": resolve_reduce_range(None, "int8"), "variants": {}}  # fmt: skip
     with tempfile.TemporaryDirectory() as work:
         variants = {"fp32 (PyTorch)": ref}
         if bf16_supported():  # a reference for how near-tied this set is: bf16 rounding alone flips some
@@ -110,27 +143,19 @@ def main(argv=None) -> int:
         else:  # the same reference through autocast's emulation (slow; numerics of bf16 rounding, not its speed)
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 variants["bf16 (autocast, emulated)"] = logits_torch(model, images, pre)[:, offset:]
-        # int8 weights are 7-bit on CPUs without VNNI (quantize.default_reduce_range); uint8 ones never are
-        result["int8_reduce_range"] = resolve_reduce_range(None, "int8")
-        # (name, weight type, bias correction, per-channel, QAT steps, optimal rounding of: none, depthwise, all)
-        runs = [("int8 per-channel + optimal rounding + bias correction (default)", "int8", True, True, 0, "depthwise"),
-                ("int8 per-channel + bias correction", "int8", True, True, 0, "none"),
-                ("uint8 per-channel + optimal rounding + bias correction", "uint8", True, True, 0, "depthwise"),
-                ("uint8 per-channel + bias correction", "uint8", True, True, 0, "none"),
-                ("int8 per-channel", "int8", False, True, 0, "none"),
-                ("int8 per-tensor", "int8", False, False, 0, "none")]  # fmt: skip
-        if args.round_pointwise:
-            everything = "per-channel + optimal rounding incl. stem and pointwise + bias correction"
-            runs[1:1] = [(f"{w} {everything}", w, True, True, 0, "all") for w in ("int8", "uint8")]
+        runs = [(f"{label}: {recipe}", weight_type, reduce_range, per_channel, corrected, rounded, 0)
+                for label, weight_type, reduce_range in RANGES if label in args.ranges
+                for recipe, per_channel, corrected, rounded in RECIPES
+                if weight_type == "int8" or per_channel]  # fmt: skip
         if args.qat_steps:
-            qat = f"per-channel + optimal rounding + bias correction + QAT ({args.qat_steps} steps)"
-            runs[1:1] = [(f"{w} {qat}", w, True, True, args.qat_steps, "depthwise") for w in ("int8", "uint8")]
-        for name, weight_type, corrected, per_channel, qat_steps, rounded in runs:
+            runs += [(f"{label}: + QAT ({args.qat_steps} steps)", w, r, True, True, "depthwise", args.qat_steps)
+                     for label, w, r in RANGES if label in args.ranges]  # fmt: skip
+        for name, weight_type, reduce_range, per_channel, corrected, rounded, qat_steps in runs:
             start = time.perf_counter()
             path = Path(work) / f"{len(variants)}.int8.onnx"
             report = export_int8(model, path, calib, per_channel, args.method, limit=None, bias_correction=corrected,
-                                 weight_type=weight_type, qat_steps=qat_steps, qat_lr=args.qat_lr,
-                                 optimal_rounding=rounded != "none", round_pointwise=rounded == "all")  # fmt: skip
+                                 reduce_range=reduce_range, weight_type=weight_type, qat_steps=qat_steps,
+                                 qat_lr=args.qat_lr, rounding=rounded)  # fmt: skip
             if report.qat:
                 result.setdefault("qat", {})[name] = report.qat
             if weight_type == "uint8":
@@ -138,6 +163,7 @@ def main(argv=None) -> int:
                 result.setdefault("widened_filters", {})[name] = widened
             variants[name] = logits_onnx(path, images, pre)[:, offset:]
             result.setdefault("quantize_seconds", {})[name] = round(time.perf_counter() - start, 1)
+            print(f"{name}: {100.0 * float((variants[name].argmax(1) == ref.argmax(1)).mean()):.1f}%", file=sys.stderr)
     top1 = ref.argmax(1)
     top5 = np.argsort(-ref, 1)[:, :5]
     exp = np.exp(ref - ref.max(1, keepdims=True))
@@ -146,6 +172,7 @@ def main(argv=None) -> int:
     for name, out in variants.items():
         pred, own5 = out.argmax(1), np.argsort(-out, 1)[:, :5]
         row = {"top1_agreement_with_fp32": 100.0 * float((pred == top1).mean()),
+               "kl_to_fp32": kl_to(ref, out),
                "fp32_top1_in_top5": 100.0 * float(np.mean([t in r for t, r in zip(top1, own5)])),
                "fp32_top5_contains_top1": 100.0 * float(np.mean([p in r for p, r in zip(pred, top5)])),
                f"top1_agreement_fp32_p>={CONFIDENT}": 100.0 * float((pred == top1)[confident].mean())}  # fmt: skip
@@ -154,9 +181,12 @@ def main(argv=None) -> int:
         result["variants"][name] = row
     text = json.dumps(result, indent=2)
     print(text)
+    print(markdown(result))
     if args.out:
         with atomic_path(args.out) as tmp:
             tmp.write_text(text + "\n")
+        with atomic_path(Path(args.out).with_suffix(".md")) as tmp:
+            tmp.write_text(f"{described}; {len(images)} images\n\n{markdown(result)}\n")
     return 0
 
 

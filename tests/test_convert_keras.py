@@ -23,6 +23,7 @@ from mobilenet_v1.convert.keras_h5 import keras_name  # noqa: E402
 from mobilenet_v1.cost import cost_of  # noqa: E402
 from mobilenet_v1.model import MobileNetV1, ModelConfig  # noqa: E402
 from parity import assert_close, draw_sizes, reaches_odd_map  # noqa: E402
+
 # Keras's own variables trip NumPy 2's __array__(copy=...) deprecation thousands of times: not ours
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 _BUILT: dict[tuple, object] = {}
@@ -52,8 +53,10 @@ def randomize(kmodel, seed: int = 0):
 def keras_model(alpha: float, size: int, include_top: bool = True, pooling: str | None = None):
     key = (alpha, size, include_top, pooling)
     if key not in _BUILT:
-        km = keras.applications.MobileNet(input_shape=(size, size, 3), alpha=alpha, weights=None,
-                                          include_top=include_top, pooling=pooling, classifier_activation=None)  # fmt: skip
+        km = keras.applications.MobileNet(
+            input_shape=(size, size, 3), alpha=alpha, weights=None, include_top=include_top, pooling=pooling,
+            classifier_activation=None,
+        )
         _BUILT[key] = randomize(km, seed=len(_BUILT))
     return _BUILT[key]
 

@@ -103,12 +103,8 @@ def test_cli_bad_inputs_are_one_line_and_write_nothing(model_dir, tmp_path, caps
     assert "--int8 needs --calibration" in err
     err = _one_line_error(capsys, ["export", str(model_dir), "--weight-type", "uint8", "-o", str(out)])
     assert "only used with --int8" in err
-    for flag in ("--nearest-rounding", "--round-pointwise"):
-        err = _one_line_error(capsys, ["export", str(model_dir), flag, "-o", str(out)])
-        assert "--round-pointwise are only used with --int8" in err
-    err = _one_line_error(capsys, ["export", str(model_dir), "--int8", "--calibration", str(empty), "-o", str(out),
-                                   "--nearest-rounding", "--round-pointwise"])  # fmt: skip
-    assert "contradict each other" in err
+    err = _one_line_error(capsys, ["export", str(model_dir), "--rounding", "nearest", "-o", str(out)])
+    assert "--rounding are only used with --int8" in err
     err = _one_line_error(capsys, ["export", str(model_dir), "--qat-steps", "10", "-o", str(out)])
     assert "--qat-steps and --qat-lr are only used with --int8" in err
     err = _one_line_error(capsys, ["export", str(model_dir), "--int8", "--calibration", str(empty), "--qat-steps",

@@ -18,7 +18,7 @@ from mobilenet_v1.deploy.calibration import batches, calibration_reader
 from mobilenet_v1.deploy.fold import fold_bn
 from mobilenet_v1.deploy.onnx_export import export_onnx, ort_session, read_metadata
 from mobilenet_v1.deploy.qat import QuantSim, distillation_loss, qat_finetune, widen_filters_for_int32_biases
-from mobilenet_v1.deploy.quantize import export_int8, quantize_onnx
+from mobilenet_v1.deploy.quantize import as_uint8_weights, exact_int8_session, export_int8, quantize_onnx
 from mobilenet_v1.deploy.samples import photo_crops
 
 pytest.importorskip("onnxruntime")
@@ -39,27 +39,34 @@ def setup():
     return model, pre, calibration, x_cal, x_eval
 
 
-@pytest.mark.parametrize("per_channel, weight_type", [(True, "int8"), (False, "int8"), (True, "uint8")])
-def test_simulation_computes_what_onnx_runtime_int8_computes(setup, per_channel, weight_type, tmp_path):
+@pytest.mark.parametrize(
+    "per_channel, weight_type, reduce_range",
+    [(True, "int8", True), (True, "int8", False), (False, "int8", True), (False, "int8", False),
+     (True, "uint8", False)],  # fmt: skip
+)
+def test_simulation_computes_what_onnx_runtime_int8_computes(setup, per_channel, weight_type, reduce_range,
+                                                             tmp_path):
     """Layer by layer: each simulated conv block, fed ONNX Runtime's own (dequantized) input, must give ORT's
     (dequantized) output — the same weights grid, activation scales and zero points — up to rounding ties
     (a float sum landing on a rounding boundary may go either way: at most one quantization step, rarely).
-    Whole-network outputs are no test on this random model: one flipped tie doubles layer after layer."""
+    Whole-network outputs are no test on this random model: one flipped tie doubles layer after layer.
+    ORT runs the file through ``exact_int8_session``, so 8-bit int8 weights are checked on CPUs whose own
+    u8×s8 products would saturate too."""
     model, _, calibration, x_cal, x_eval = setup
     path = tmp_path / "int8.onnx"
     export_int8(model, path, calibration, per_channel=per_channel, bias_correction=False, limit=None,
-                weight_type=weight_type, optimal_rounding=False)  # fmt: skip
+                weight_type=weight_type, rounding="nearest", reduce_range=reduce_range)  # fmt: skip
     graph = onnx.load(str(path))
     quantized = {n.output[0] for n in graph.graph.node if n.op_type == "QuantizeLinear"}  # activations only
     dequantized = [n.output[0] for n in graph.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in quantized]
     for name in dequantized:
         graph.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     onnx.save(graph, str(tmp_path / "probed.onnx"))
-    probed = ort_session(tmp_path / "probed.onnx").run(None, {"input": x_eval.numpy()})
+    probed = exact_int8_session(tmp_path / "probed.onnx").run(None, {"input": x_eval.numpy()})
     ort_acts = [torch.from_numpy(a) for a in probed[1:]]
     if weight_type == "uint8":  # the export widened the near-dead filters first (next test)
         model, _ = widen_filters_for_int32_biases(model, x_cal, per_channel, weight_type=weight_type)
-    sim = QuantSim(model, x_cal, per_channel=per_channel, weight_type=weight_type)  # reduce_range: as the export
+    sim = QuantSim(model, x_cal, per_channel=per_channel, weight_type=weight_type, reduce_range=reduce_range)
     assert len(ort_acts) == len(sim.blocks) + 1  # the input, then every conv + ReLU output
     assert torch.equal(sim.input_quant(x_eval), ort_acts[0])
     with torch.no_grad():
@@ -136,3 +143,20 @@ def test_bad_arguments_are_clear(setup):
         qat_finetune(model, calibration, pre, steps=0)
     with pytest.raises(ValueError, match="no calibration images"):
         qat_finetune(model, [], pre, steps=5)
+
+
+def test_exact_session_changes_nothing_where_nothing_saturates(setup, tmp_path):
+    """With 7-bit weights ORT's own u8×s8 products never saturate, on any x86 CPU: the u8×u8 rewrite that
+    ``exact_int8_session`` runs must then compute the same file to the bit, from the same integers."""
+    model, _, calibration, _, x_eval = setup
+    path = tmp_path / "int8.onnx"
+    export_int8(model, path, calibration, limit=None, reduce_range=True)
+    plain = ort_session(path).run(None, {"input": x_eval.numpy()})[0]
+    exact = exact_int8_session(path).run(None, {"input": x_eval.numpy()})[0]
+    assert np.array_equal(plain, exact)
+    proto = onnx.load(str(path))
+    rewritten = {t.name: onnx.numpy_helper.to_array(t) for t in as_uint8_weights(proto).graph.initializer}
+    weights = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert len(weights) >= 54  # 27 convolutions' weights and zero points
+    for t in weights:
+        assert np.array_equal(rewritten[t.name].astype(np.int16) - 128, onnx.numpy_helper.to_array(t)), t.name

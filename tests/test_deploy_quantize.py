@@ -14,7 +14,7 @@ import torch
 from deploy_helpers import fmnist_inputs, trained_fmnist_dir
 from mobilenet_v1.checkpoint import from_pretrained
 from mobilenet_v1.cli import main
-from mobilenet_v1.deploy import bf16_supported, fold_bn, optimize_for_inference
+from mobilenet_v1.deploy import bf16_supported, fold_bn, inference, optimize_for_inference
 from mobilenet_v1.deploy.calibration import calibration_reader
 from mobilenet_v1.deploy.onnx_export import export_onnx, ort_session, read_metadata
 from mobilenet_v1.deploy.outliers import with_dead_channel_outlier
@@ -69,23 +69,33 @@ def test_folding_on_a_trained_model_within_1e5(trained):
     assert (got.softmax(1) - want.softmax(1)).abs().max().item() <= 1e-5
 
 
-@pytest.mark.skipif(not bf16_supported(), reason="this CPU has no native bf16")
-def test_bf16_inference_path_agrees_on_real_images(trained):
+@pytest.mark.parametrize(
+    "path",
+    [pytest.param("native", marks=pytest.mark.skipif(not bf16_supported(), reason="this CPU has no native bf16")),
+     "emulated"],
+)  # fmt: skip
+def test_bf16_inference_path_agrees_on_real_images(trained, path, monkeypatch):
+    """bf16's numerics on every CPU: natively through the fused oneDNN path where the CPU has bf16, and through
+    PyTorch's emulation (unfused: oneDNN's packed bf16 weights need AVX-512) where "auto" would never pick it."""
     _, model, x, y = trained
     with torch.no_grad():
         want = model(x).argmax(1)
-    got = optimize_for_inference(model, precision="bf16")(x).argmax(1)
+    if path == "emulated":
+        monkeypatch.setattr(inference, "bf16_supported", lambda: True)
+    fast = optimize_for_inference(model, precision="bf16", fuse=path == "native")
+    assert fast.precision == "bf16"
+    got = fast(x).argmax(1)
     assert (got == want).float().mean().item() >= 0.98
 
 
-@pytest.mark.parametrize(("weight_type", "pointwise"), [("int8", False), ("uint8", False), ("int8", True)])
+@pytest.mark.parametrize(("weight_type", "rounding"), [("int8", "all"), ("uint8", "all"), ("int8", "depthwise")])
 def test_int8_export_keeps_accuracy_and_runs_with_dynamic_batch(
-    weight_type, pointwise, trained, calibration_dir, tmp_path
+    weight_type, rounding, trained, calibration_dir, tmp_path
 ):
     model_dir, model, x, y = trained
     out = tmp_path / "int8.onnx"
     argv = ["export", str(model_dir), "--int8", "--calibration", str(calibration_dir), "-o", str(out)]
-    argv += ["--weight-type", weight_type] + (["--round-pointwise"] if pointwise else [])
+    argv += ["--weight-type", weight_type] + ([] if rounding == "all" else ["--rounding", rounding])
     assert main(argv) == 0
     proto = onnx.load(str(out))
     ops = {n.op_type for n in proto.graph.node}
@@ -93,8 +103,8 @@ def test_int8_export_keeps_accuracy_and_runs_with_dynamic_batch(
     meta = read_metadata(out)
     assert meta["quantization"]["weights"] == f"{weight_type} per-channel"
     assert meta["quantization"]["calibration_images"] == 300
-    # every depthwise layer (deploy/rounding.py), and with --round-pointwise the stem and 13 pointwise ones
-    assert meta["quantization"]["optimal_rounding"] == (27 if pointwise else 13)
+    # every conv by default (deploy/rounding.py), the 13 depthwise ones with --rounding depthwise
+    assert meta["quantization"]["optimal_rounding"] == (27 if rounding == "all" else 13)
     # 7-bit int8 weights where there is no VNNI; uint8 weights (u8×u8 kernels) don't saturate and stay 8-bit
     assert meta["quantization"]["reduce_range"] == (default_reduce_range() if weight_type == "int8" else False)
     assert meta["class_names"][0] == "T-shirt/top" and meta["preprocessing"]["grayscale"] is True

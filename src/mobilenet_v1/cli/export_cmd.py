@@ -26,16 +26,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="skip bias correction for int8 weight rounding (Nagel et al. 2019; on by default)",
     )
     p.add_argument(
-        "--nearest-rounding",
-        action="store_true",
-        help="leave all weight rounding to ONNX Runtime (round to nearest) instead of rounding each depthwise "
-        "filter up or down to keep its output closest to float (deploy/rounding.py; on by default)",
-    )
-    p.add_argument(
-        "--round-pointwise",
-        action="store_true",
-        help="also round the stem and pointwise filters that way (greedily): lowers the KL to float by 10-25%% "
-        "on Google's model, top-1 agreement unchanged within a few photos (BENCHMARKS.md); off by default",
+        "--rounding",
+        choices=("all", "depthwise", "nearest"),  # deploy.quantize.ROUNDINGS, not imported here: keeps --help fast
+        default="all",
+        help="which filters are rounded up or down to keep each layer's output closest to float (deploy/rounding.py)"
+        " rather than to the nearest int8 level: all (default: the best on every weight range measured), "
+        "depthwise, or nearest (ONNX Runtime's own rounding)",
     )
     p.add_argument(
         "--reduce-range",
@@ -72,13 +68,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--int8 needs --calibration DIR (a directory of real images)")
     if args.calibration and not args.int8:
         raise ValueError("--calibration is only used with --int8")
-    rounding_flags = args.nearest_rounding or args.round_pointwise
-    if not args.int8 and (args.weight_type != "int8" or args.reduce_range != "auto" or rounding_flags):
-        raise ValueError(
-            "--weight-type, --reduce-range, --nearest-rounding and --round-pointwise are only used with --int8"
-        )
-    if args.nearest_rounding and args.round_pointwise:
-        raise ValueError("--nearest-rounding and --round-pointwise contradict each other")
+    if not args.int8 and (args.weight_type != "int8" or args.reduce_range != "auto" or args.rounding != "all"):
+        raise ValueError("--weight-type, --reduce-range and --rounding are only used with --int8")
     if not args.int8 and (args.qat_steps or args.qat_lr is not None):
         raise ValueError("--qat-steps and --qat-lr are only used with --int8")
     if args.qat_steps < 0 or (args.qat_lr is not None and not args.qat_lr > 0):
@@ -94,8 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
         report = export_int8(model, args.output, args.calibration, per_channel=not args.per_tensor,
                              method=args.calibration_method, limit=args.calibration_images,
-                             bias_correction=not args.no_bias_correction, optimal_rounding=not args.nearest_rounding,
-                             round_pointwise=args.round_pointwise,
+                             bias_correction=not args.no_bias_correction, rounding=args.rounding,
                              reduce_range={"auto": None, "on": True, "off": False}[args.reduce_range],
                              weight_type=args.weight_type, qat_steps=args.qat_steps,
                              qat_lr=args.qat_lr)  # fmt: skip

@@ -15,7 +15,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-classes", type=int, default=1000)
     g.add_argument("--output-stride", type=int, default=32, help="8, 16 or 32 (dilation beyond it)")
     g.add_argument("--padding", default="symmetric",
-                   help=f"one of {', '.join(spec.PADDINGS)} (TF graphs pad 'tf_same', Keras files 'keras')")  # fmt: skip
+                   help=f"one of {', '.join(spec.PADDINGS)} (TF graphs: tf_same, Keras files: keras)")  # fmt: skip
 
 
 def config_kwargs(args: argparse.Namespace) -> dict:
