@@ -29,6 +29,15 @@ def _error(got: torch.Tensor, exact: torch.Tensor) -> float:
     return (got.double() - exact).abs().max().item()
 
 
+# A few float32 roundings of the largest value (eps = 1.2e-7): the least error a float32 result can be held to,
+# however close PyTorch came. The kernels are built for the host CPU, and on AVX-512 they sum in other orders.
+ROUNDINGS = 4 * torch.finfo(torch.float32).eps
+
+
+def _floor(exact: torch.Tensor) -> float:
+    return ROUNDINGS * max(1.0, exact.abs().max().item())
+
+
 @needs_kernel
 @pytest.mark.parametrize(
     ("shape", "offset"),
@@ -168,8 +177,7 @@ def test_depthwise_matches_conv2d(stride, size, channels):
     pytorch = (ref, *torch.autograd.grad(ref, (x, conv.weight), grad))
     exacts = (exact, *torch.autograd.grad(exact, (x64, w64), grad.double()))
     for name, g, p, e in zip(("output", "grad input", "grad weight"), got, pytorch, exacts):
-        floor = 1e-7 * e.abs().max().item()
-        assert _error(g, e) <= 2 * _error(p, e) + floor, (name, _error(g, e), _error(p, e))
+        assert _error(g, e) <= 2 * _error(p, e) + _floor(e), (name, _error(g, e), _error(p, e))
 
 
 def _bn_relu_columns(x: torch.Tensor, g: torch.Generator):
@@ -394,7 +402,7 @@ def test_batch_norm_relu_read_by_the_depthwise_kernel(monkeypatch, sums_in_place
         assert _error(g, e) <= 2 * _error(p, e) + floor, (name, _error(g, e), _error(p, e))
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         a, r, e = getattr(bn, name), getattr(ref_bn, name), getattr(bn64, name)
-        assert _error(a, e.double()) <= 2 * _error(r, e.double()) + 1e-7, name
+        assert _error(a, e.double()) <= 2 * _error(r, e.double()) + _floor(e.double()), name
 
 
 @needs_kernel
@@ -415,7 +423,7 @@ def test_depthwise_block_matches_pytorch(monkeypatch, sums_in_place, stride, siz
     """``relu(bn2(conv(relu(bn1(x)))))`` with bn2's statistics summed inside the depthwise kernel and its
     gradient read by the depthwise backward kernel (neither the BN + ReLU map nor dL/d(conv) stored): output, the
     six gradients and both batch norms' running statistics against float64, at most twice PyTorch's float32
-    error (or 1e-6 of the scale)."""
+    error (three times where the statistics cancel; or 1e-6 of the scale)."""
     monkeypatch.setattr(fused, "SUMS_IN_PLACE_BYTES", -1 if sums_in_place else 1 << 62)
     torch.manual_seed(6)
     x = (torch.randn(3, channels, *size) * 2 + 0.3).contiguous(memory_format=torch.channels_last).requires_grad_()
@@ -441,13 +449,16 @@ def test_depthwise_block_matches_pytorch(monkeypatch, sums_in_place, stride, siz
     got = (out, *torch.autograd.grad(out, wrt, grad))
     pytorch = (ref, *torch.autograd.grad(ref, wrt_ref, grad))
     exacts = (exact, *torch.autograd.grad(exact, wrt64, grad.double()))
+    # With inputs at 400 ± 1 the statistics cancel to ~1e-3 in PyTorch's float32 too, and which summation order
+    # lands closer is luck: on an AVX-512 CPU the kernels' bn1 bias gradient came to 2.04× PyTorch's error.
+    factor = 3 if offset else 2
     for name, g, p, e in zip(names, got, pytorch, exacts, strict=True):
         floor = 1e-6 * e.abs().max().item()
-        assert _error(g, e) <= 2 * _error(p, e) + floor, (name, _error(g, e), _error(p, e))
+        assert _error(g, e) <= factor * _error(p, e) + floor, (name, _error(g, e), _error(p, e))
     for bn, pytorch_bn, bn64 in ((bn1, ref_bn1, mods64[0]), (bn2, ref_bn2, mods64[2])):
         for name in ("running_mean", "running_var", "num_batches_tracked"):
             a, r, e = getattr(bn, name), getattr(pytorch_bn, name), getattr(bn64, name).double()
-            assert _error(a, e) <= 2 * _error(r, e) + 1e-7 * e.abs().max().item(), name
+            assert _error(a, e) <= 2 * _error(r, e) + _floor(e), name
 
 
 @needs_kernel
@@ -647,7 +658,7 @@ def test_a_training_step_matches_the_unfused_model(monkeypatch):
         ratios.append(e_got / max(e_pytorch, 1e-30))
     assert sorted(ratios)[len(ratios) // 2] <= 1.0, sorted(ratios)
     for (name, pytorch), (_, got), (_, ex) in zip(ref.named_buffers(), model.named_buffers(), exact.named_buffers()):
-        assert _error(got, ex.to(got.dtype).double()) <= 2 * _error(pytorch, ex) + 1e-7, name
+        assert _error(got, ex.to(got.dtype).double()) <= 2 * _error(pytorch, ex) + _floor(ex.double()), name
 
 
 @needs_kernel
@@ -746,11 +757,12 @@ def test_compiled_training_step_steps_around_the_kernels(monkeypatch):
         loss.backward()
         losses.append(loss.item())
     assert losses[1] == pytest.approx(losses[0], rel=1e-4) and not kernel_calls  # traced, not run eagerly
-    # batch 4 down to 1×1 maps: BN over 4 values, so float32 gradients are far off float64, eager ones too
-    # (measured: up to ~3e-4 of a tensor's scale, the compiled ones up to 1.3× the eager error)
+    # batch 4 down to 1×1 maps: BN over 4 values, so float32 gradients are far off float64, eager ones too: up to
+    # ~3e-4 of a tensor's scale, inductor's ~1.3× that on an AVX2 CPU and 5.5× on an AVX-512 one (its own code
+    # generation, not ours). A kernel run in their place would be off by the whole scale.
     params = zip(ref.named_parameters(), model.named_parameters(), exact.named_parameters())
     for (name, eager), (_, compiled), (_, ex) in params:
-        assert _error(compiled.grad, ex.grad) <= 4 * _error(eager.grad, ex.grad) + 1e-5 * ex.grad.abs().max(), name
+        assert _error(compiled.grad, ex.grad) <= 8 * _error(eager.grad, ex.grad) + 1e-5 * ex.grad.abs().max(), name
 
 
 def test_pointwise_weight_gradient_keeps_the_weights_strides():
