@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import torch
 from PIL import Image
 
 from mobilenet_v1.checkpoint import from_pretrained
-from mobilenet_v1.deploy.samples import fashion_mnist
 from mobilenet_v1.preprocess import eval_transform
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the photo sets the tests use
+from samples import fashion_mnist  # noqa: E402 - tests/samples.py
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ from torch import nn
 from torchvision import datasets
 from train_throughput import _cpu_model, write_results  # benchmarks/ is the script's directory
 
-from mobilenet_v1 import data, fused
+from mobilenet_v1 import data, kernels
 from mobilenet_v1.allocator import keep_freed_memory
 from mobilenet_v1.evaluate import evaluate, for_evaluation
 from mobilenet_v1.model import MobileNetV1, ModelConfig
@@ -75,7 +75,7 @@ def training_steps(rounds: int, steps: int) -> dict:
     model = MobileNetV1(config=ModelConfig(resolution=SIZE, in_chans=1, num_classes=10))
     model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, get_recipe("fast"), 0.2)
-    fused.enable(model)
+    kernels.enable(model)
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
 
     def step(batch):

@@ -1,4 +1,4 @@
-"""Our inference paths against the peers, measured in one interleaved run (BENCHMARKING.md).
+"""Our inference paths against the peers, measured in one interleaved run.
 
     python benchmarks/inference_peers.py --out benchmarks/results/inference_peers
 
@@ -15,7 +15,7 @@ import sys
 
 from mobilenet_v1.bench import BACKENDS, BenchOptions, run_bench
 from mobilenet_v1.bench.report import markdown
-from mobilenet_v1.checkpoint import atomic_path
+from mobilenet_v1.files import atomic_path
 
 OURS = ["eager", "inference", "inference-compile", "inference-bf16", "inference-bf16-compile",
         "ort-fp32", "ort-int8", "openvino-fp32", "openvino-bf16", "openvino-int8"]  # fmt: skip
@@ -42,7 +42,7 @@ def verdict(label: str, ours, theirs, need: float) -> str:
 
 def acceptance(report) -> str:
     ours = [n for n in OURS if n != "eager"]
-    lines = ["Acceptance (issue 5), ratios = peer (or baseline) median / ours, same run:"]
+    lines = ["Targets, ratios = peer (or baseline) median / ours, same run:"]
     for b in (1,):
         lines.append(verdict(f"batch {b}: our best fp32 vs fastest fp32 peer", best(report, ours, b, "fp32"),
                              best(report, PEERS, b, "fp32"), 1.0))  # fmt: skip

@@ -31,12 +31,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mobilenet_v1.checkpoint import atomic_path, from_pretrained
+from mobilenet_v1.checkpoint import from_pretrained
 from mobilenet_v1.deploy import bf16_supported, optimize_for_inference
 from mobilenet_v1.deploy.calibration import batches, list_images
+from mobilenet_v1.deploy.grids import resolve_reduce_range
 from mobilenet_v1.deploy.onnx_export import read_metadata
-from mobilenet_v1.deploy.quantize import exact_int8_session, export_int8, resolve_reduce_range
-from mobilenet_v1.deploy.samples import fashion_mnist, gcompris_photos, photo_crops, photo_views
+from mobilenet_v1.deploy.quantize import exact_int8_session, export_int8
+from mobilenet_v1.files import atomic_path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the photo sets the tests use
+from samples import fashion_mnist, gcompris_photos, photo_crops, photo_views  # noqa: E402 - tests/samples.py
 
 CONFIDENT = 0.5  # fp32 top-1 probability above which a prediction is not a near-tie
 PHOTOS_DESCRIBED = ("100 views (photo_views: whole, centre and corner crops, mirrors) of the 10 photos bundled "

@@ -6,7 +6,7 @@
 Each round runs one process per tree, in alternating order (A B, then B A), each timing ``--steps`` steps of
 ``train_throughput.py``'s ``ours-cl-tuned-fused`` step after warm-up; a process's figure is its median step.
 Reported: every process's figure in run order, each tree's median, and the ratio. A kernel's own timing has
-kept predicting gains the step did not show (BENCHMARKS.md, sessions 16-18); this measures the step.
+often predicted gains the whole step did not show; this measures the step.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The CPU training kernels (mobilenet_v1/fused.py) against PyTorch's operators, one layer at a time.
+"""The CPU training kernels (mobilenet_v1.kernels) against PyTorch's operators, one layer at a time.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/train_kernels.py --out benchmarks/results/zen3_train_kernels
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/train_kernels.py --out benchmarks/results/train_kernels
 
 Batch norm + ReLU (float32 and bfloat16 maps) and the 3×3 depthwise convolution (float32), forward + backward at
 batch-32 MobileNet shapes, and the 1×1 convolutions' weight gradient (csrc/gemm.c against oneDNN's backward-
@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from train_throughput import _cpu_model  # benchmarks/ is the script's directory
 
-from mobilenet_v1 import fused
 from mobilenet_v1.allocator import keep_freed_memory
+from mobilenet_v1.kernels import batchnorm, build, convolution
 
 BN_SHAPES = [(112, 64), (56, 128), (14, 512)]  # (size, channels): the largest maps at 224, and a 14×14 one
 DW_SHAPES = [(112, 32, 1), (112, 64, 2), (56, 128, 1), (28, 256, 1), (14, 512, 1), (7, 1024, 1)]
@@ -65,11 +65,11 @@ def _pointwise_weight_grad(batch: int, size: int, c_in: int, c_out: int, rounds:
     gw = torch.empty(c_out, c_in)
     x_rows, gy_rows = x.permute(0, 2, 3, 1).reshape(-1, c_in), gy.permute(0, 2, 3, 1).reshape(-1, c_out)
     args = (None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, False])
-    lib = fused.load()
+    lib = build.load()
 
     def kernel():
-        fused._call(lib.gemm_at_b, gy.data_ptr(), c_out, x.data_ptr(), c_in, gw.data_ptr(), x_rows.shape[0], c_out,
-                    c_in, *fused._NO_BN)  # fmt: skip
+        build._call(lib.gemm_at_b, gy.data_ptr(), c_out, x.data_ptr(), c_in, gw.data_ptr(), x_rows.shape[0], c_out,
+                    c_in, *convolution._NO_BN)  # fmt: skip
 
     shape = f"1×1 dW {size}x{size}x{c_in}→{c_out}"
     return [
@@ -91,16 +91,16 @@ def _pointwise_products(batch: int, size: int, c_in: int, c_out: int, rounds: in
     gy = torch.randn(batch, c_out, size, size).contiguous(memory_format=torch.channels_last)
     weight = torch.randn(c_out, c_in, 1, 1)
     args = (None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, False, False])
-    lib, m = fused.load(), batch * size * size
+    lib, m = build.load(), batch * size * size
     y, gx = torch.empty_like(gy), torch.empty_like(x)
-    no_sums = (None, None, *fused._NO_BN)
+    no_sums = (None, None, *convolution._NO_BN)
 
     def forward():
-        fused._call(lib.gemm_a_w, x.data_ptr(), c_in, weight.data_ptr(), c_in, 1, y.data_ptr(), m, c_in, c_out,
+        build._call(lib.gemm_a_w, x.data_ptr(), c_in, weight.data_ptr(), c_in, 1, y.data_ptr(), m, c_in, c_out,
                     *no_sums)  # fmt: skip
 
     def input_grad():
-        fused._call(lib.gemm_a_w, gy.data_ptr(), c_out, weight.data_ptr(), c_in, 0, gx.data_ptr(), m, c_out, c_in,
+        build._call(lib.gemm_a_w, gy.data_ptr(), c_out, weight.data_ptr(), c_in, 0, gx.data_ptr(), m, c_out, c_in,
                     *no_sums)  # fmt: skip
 
     shape = f"{size}x{size}x{c_in}→{c_out}"
@@ -128,7 +128,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(2)
     keep_freed_memory()
-    if fused.load() is None:
+    if build.load() is None:
         raise SystemExit("the kernels could not be built here (no C compiler, or no AVX2/FMA)")
     torch.manual_seed(0)
     rows = []
@@ -142,7 +142,7 @@ def main() -> None:
                 _pair(
                     f"BN+ReLU {size}x{size}x{ch} {str(dtype).split('.')[1]}",
                     lambda x=x, g=g, bn=bn: F.relu(bn(x), inplace=True).backward(g),
-                    lambda x=x, g=g, bn=bn: fused.batch_norm_relu(bn, x).backward(g),
+                    lambda x=x, g=g, bn=bn: batchnorm.batch_norm_relu(bn, x).backward(g),
                     args.rounds,
                     args.calls,
                 )
@@ -155,7 +155,7 @@ def main() -> None:
             _pair(
                 f"depthwise {size}x{size}x{ch} stride {stride}",
                 lambda x=x, g=g, conv=conv: conv(x).backward(g),
-                lambda x=x, g=g, conv=conv: fused.depthwise(conv, x).backward(g),
+                lambda x=x, g=g, conv=conv: convolution.depthwise(conv, x).backward(g),
                 args.rounds,
                 args.calls,
             )

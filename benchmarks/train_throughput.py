@@ -2,7 +2,7 @@
 
     python benchmarks/train_throughput.py --out benchmarks/results/train_throughput
 
-Each configuration runs in its own process with 2 threads (BENCHMARKING.md); rounds alternate the order
+Each configuration runs in its own process with 2 threads; rounds alternate the order
 (A B C …, then … C B A). A step is forward + cross-entropy + backward + SGD(momentum) step on a fixed
 random batch, timed after warm-up (which includes torch.compile's compilation). Reported: median of the
 round medians, the spread (min–max of round medians), and images/s = batch / median step time.
@@ -38,75 +38,10 @@ CONFIGS = {
     "ours-bf16-cl-tuned": ("ours", True, True, False, True),
     "timm-cl-tuned": ("timm", True, False, False, True),
     "timm-bf16-cl-tuned": ("timm", True, True, False, True),
-    # + the fused batch norm + ReLU kernel (fused.py): what `mobilenet-v1 train` runs on a CPU in fp32
+    # + the CPU training kernels (mobilenet_v1.kernels): what `mobilenet-v1 train` runs on a CPU in fp32
     "ours-cl-tuned-fused": ("ours", True, False, False, True),
-    # the same kernels without handing a block's batch norm + ReLU to the next depthwise kernel (session 9's step)
-    "ours-cl-tuned-fused-unpaired": ("ours", True, False, False, True),
-    # pointwise weight gradients by oneDNN's convolution backward everywhere (session 10's step)
-    "ours-cl-tuned-fused-convbwd": ("ours", True, False, False, True),
-    # each depthwise block's own batch norm + ReLU on a kernel of its own, not inside the depthwise kernels
-    # (fused.DepthwiseBlock; session 11's step, with session 12's one-pass depthwise backward)
-    "ours-cl-tuned-fused-pairs": ("ours", True, False, False, True),
-    # the 1×1 weight gradients as in session 13: torch.mm (MKL) from 128 input channels up, oneDNN's backward-weights
-    # convolution below, in place of csrc/gemm.c
-    "ours-cl-tuned-fused-mmgrad": ("ours", True, False, False, True),
-    # the 1×1 forward and input gradient as in sessions 9-15: oneDNN's convolutions, in place of csrc/gemm.c's gemm_a_w
-    # (each 1×1 convolution on its own, its batch statistics by a pass over its output)
-    "ours-cl-tuned-fused-dnnfwd": ("ours", True, False, False, True),
-    # gemm_a_w, but each 1×1 convolution on its own: not inside the depthwise block before it (session 16's first step)
-    "ours-cl-tuned-fused-pwapart": ("ours", True, False, False, True),
 }
 FUSED = {n for n in CONFIGS if n.startswith("ours-cl-tuned-fused")}
-
-
-def _pointwise_backward_by_mm(ctx, gy):
-    """Session 13's ``fused.PointwiseConv.backward``: dL/dW by ``torch.mm`` on the channels-last views from 128 input
-    channels up, by oneDNN's backward-weights convolution below."""
-    import torch
-
-    x, weight = ctx.saved_tensors
-    gy = gy.contiguous(memory_format=torch.channels_last)
-    c_out, c_in = weight.shape[:2]
-    by_mm = c_in >= 128
-    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1] and not by_mm, False]
-    gx = gw = None
-    if any(mask):
-        args = (None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask)
-        gx, gw, _ = torch.ops.aten.convolution_backward(gy, x, weight, *args)
-    if ctx.needs_input_grad[1] and by_mm:
-        gy_rows, x_rows = gy.permute(0, 2, 3, 1).reshape(-1, c_out), x.permute(0, 2, 3, 1).reshape(-1, c_in)
-        gw = torch.empty_like(weight)
-        torch.mm(gy_rows.t(), x_rows, out=gw.view(c_out, c_in))
-    return gx, gw, None  # no gradient for PointwiseConv's stats argument
-
-
-def _pointwise_forward_by_onednn(ctx, x, weight, stats=None):
-    """Sessions 9-15's ``fused.PointwiseConv.forward``: oneDNN's convolution (and the batch statistics of its output
-    by a pass over it, as the batch norm after it took them then)."""
-    import torch
-
-    from mobilenet_v1 import fused
-
-    ctx.save_for_backward(x, weight)
-    return fused.fill_stats(torch.nn.functional.conv2d(x, weight), stats)
-
-
-def _pointwise_backward_onednn_input(ctx, gy):
-    """Session 14-15's ``fused.PointwiseConv.backward``: the input gradient by oneDNN, the weight gradient by gemm.c
-    from 64 input channels up."""
-    import torch
-
-    from mobilenet_v1 import fused
-
-    x, weight = ctx.saved_tensors
-    by_gemm = x.shape[1] >= fused.GEMM_MIN_CHANNELS
-    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1] and not by_gemm, False]
-    gy = gy.contiguous(memory_format=torch.channels_last)
-    args = (None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask)
-    gx, gw, _ = torch.ops.aten.convolution_backward(gy, x, weight, *args)
-    if by_gemm and ctx.needs_input_grad[1]:
-        _, gw = fused._pointwise_backward(fused.load(), gy, x, weight, (False, True))
-    return gx, gw, None
 
 
 def build(name: str, size: int, batch: int):
@@ -129,22 +64,9 @@ def build(name: str, size: int, batch: int):
 
         model = create_model("mobilenet_v1_100_224")
         if name in FUSED:
-            from mobilenet_v1 import fused
+            from mobilenet_v1 import kernels
 
-            assert fused.enable(model), "the fused kernel could not be built here"
-            if name.endswith("-unpaired"):
-                fused.sequential = lambda blocks, x: blocks(x)  # every block on its own, as before the pairing
-            if name.endswith("-convbwd"):
-                fused.pointwise = lambda conv, x, stats=None: fused.fill_stats(conv(x), stats)  # PyTorch's
-            if name.endswith("-pairs"):
-                fused._depthwise_bn_relu_fusable = lambda block, x: False
-            if name.endswith(("-convbwd", "-mmgrad", "-dnnfwd", "-pwapart")):  # each 1×1 convolution on its own
-                fused._takes_depthwise_output = lambda block, y: False
-            if name.endswith("-dnnfwd"):
-                fused.PointwiseConv.forward = staticmethod(_pointwise_forward_by_onednn)
-                fused.PointwiseConv.backward = staticmethod(_pointwise_backward_onednn_input)
-            if name.endswith("-mmgrad"):
-                fused.PointwiseConv.backward = staticmethod(_pointwise_backward_by_mm)
+            assert kernels.enable(model), "the training kernels could not be built here"
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format).train()
     step_model = torch.compile(model) if compiled else model

@@ -2,14 +2,13 @@
 
     python benchmarks/train_throughput_gpu.py --out benchmarks/results/gpu_train_throughput
 
-Issue 3 asks, where a GPU is at hand, for training images/s at α = 1.0, 224, AMP and channels_last against
-timm in the same run. A step is forward + cross-entropy + backward + SGD(momentum) step on a fixed random
-batch, the same step as ``train_throughput.py`` (the CPU benchmark). All configurations live in one process
-(a GPU's timing does not depend on the host allocator state that made the CPU benchmark use one process per
-configuration); each is warmed up first (cuDNN autotuning, ``torch.compile``'s compilation), then rounds
-alternate the order (A B C …, then … C B A), each round timing ``--iters`` steps between two
-``torch.cuda.synchronize()``. Reported: median of the round figures, their spread, and the ratio to timm's
-best eager configuration at the same batch size.
+Training images/s at α = 1.0, 224, AMP and channels_last, against timm in the same run. A step is forward + cross-
+entropy + backward + SGD(momentum) step on a fixed random batch, the same step as ``train_throughput.py`` (the CPU
+benchmark). All configurations live in one process (a GPU's timing does not depend on the CPU allocator state that
+made the CPU benchmark use one process per configuration); each is warmed up first (cuDNN autotuning,
+``torch.compile``'s compilation), then rounds alternate the order (A B C …, then … C B A), each round timing
+``--iters`` steps between two ``torch.cuda.synchronize()``. Reported: median of the round figures, their spread, and
+the ratio to timm's best eager configuration at the same batch size.
 
 AMP: ``bf16`` is autocast to bfloat16 (what ``mobilenet-v1 train`` uses on a GPU: no loss scaling);
 ``fp16`` is autocast to float16 with a ``GradScaler`` (timm's ``train.py --amp`` default). fp32 rows run

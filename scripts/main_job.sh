@@ -3,7 +3,7 @@
 # MobileNet on real data for a few minutes, evaluate it, and predict on a few real images.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"  # 2-core machines: see BENCHMARKS.md
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"  # 2-core machines: waiting OpenMP threads sleep instead of spinning
 if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
 fi

@@ -11,7 +11,7 @@ def fashion_mnist_test() -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST's real test images and labels (Debian's dataset-fashion-mnist, installed by .ci/run)."""
     if not FASHION_MNIST.is_dir():
         pytest.fail("Fashion-MNIST missing: apt-get install -y dataset-fashion-mnist (.ci/run does this)")
-    from mobilenet_v1.deploy.samples import fashion_mnist
+    from samples import fashion_mnist
 
     return fashion_mnist("test", FASHION_MNIST)
 

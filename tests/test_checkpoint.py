@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from mobilenet_v1 import create_model, from_pretrained, save_pretrained
-from mobilenet_v1.checkpoint import WEIGHTS_NAME, atomic_path
+from mobilenet_v1.checkpoint import WEIGHTS_NAME
+from mobilenet_v1.files import atomic_path
 
 
 def test_roundtrip_and_features_only(tmp_path):

@@ -15,7 +15,7 @@ import zlib
 
 import pytest
 
-from mobilenet_v1.deploy import debian_photos
+import debian_photos
 
 
 def make_rcc(files: dict[str, tuple[bytes, bool]]) -> bytes:

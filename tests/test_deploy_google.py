@@ -27,7 +27,7 @@ from mobilenet_v1.checkpoint import from_pretrained
 from mobilenet_v1.convert import convert
 from mobilenet_v1.deploy.calibration import batches
 from mobilenet_v1.deploy.quantize import exact_int8_session, export_int8
-from mobilenet_v1.deploy.samples import gcompris_photos, photo_crops, photo_views
+from samples import gcompris_photos, photo_crops, photo_views
 from test_convert_assets import google_graph
 
 pytestmark = pytest.mark.slow

@@ -1,6 +1,6 @@
 """Quantization-aware fine-tuning (``deploy/qat.py``): the simulated int8 graph must compute what ONNX Runtime's
 int8 export computes, and fine-tuning through it must lower the distillation loss. What it does on real data is
-measured in BENCHMARKS.md (Google's held-out photos, Fashion-MNIST) and run end to end by the slow CLI test in
+measured in docs/int8.md (Google's held-out photos, Fashion-MNIST) and run end to end by the slow CLI test in
 ``test_deploy_quantize.py``.
 """
 
@@ -19,7 +19,7 @@ from mobilenet_v1.deploy.fold import fold_bn
 from mobilenet_v1.deploy.onnx_export import export_onnx, ort_session, read_metadata
 from mobilenet_v1.deploy.qat import QuantSim, distillation_loss, qat_finetune, widen_filters_for_int32_biases
 from mobilenet_v1.deploy.quantize import as_uint8_weights, exact_int8_session, export_int8, quantize_onnx
-from mobilenet_v1.deploy.samples import photo_crops
+from samples import photo_crops
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("skimage")
@@ -109,7 +109,7 @@ def test_finetuning_through_the_simulation_lowers_the_distillation_loss(setup):
     """Gradients pass the rounding (straight-through) and fine-tuning fits the float model's outputs. On the
     images themselves: this random network's behaviour on random crops says little about its behaviour on
     whole images. Whether fitting carries over to unseen images is a property of the data, not of the code:
-    on Google's model and five photos it did not (BENCHMARKS.md)."""
+    on Google's model and five photos it did not (docs/int8.md)."""
     model, pre, calibration, _, _ = setup
     before = {k: v.clone() for k, v in model.state_dict().items()}
     tuned, report = qat_finetune(model, calibration[:32], pre, steps=30, lr=1e-4, batch_size=32, augment=False)

@@ -11,15 +11,15 @@ import onnx
 import pytest
 import torch
 
-from deploy_helpers import fmnist_inputs, trained_fmnist_dir
+from deploy_helpers import fmnist_inputs, trained_fmnist_dir, with_dead_channel_outlier
 from mobilenet_v1.checkpoint import from_pretrained
 from mobilenet_v1.cli import main
 from mobilenet_v1.deploy import bf16_supported, fold_bn, inference, optimize_for_inference
 from mobilenet_v1.deploy.calibration import calibration_reader
+from mobilenet_v1.deploy.grids import default_reduce_range
 from mobilenet_v1.deploy.onnx_export import export_onnx, ort_session, read_metadata
-from mobilenet_v1.deploy.outliers import with_dead_channel_outlier
-from mobilenet_v1.deploy.quantize import default_reduce_range, quantize_onnx
-from mobilenet_v1.deploy.samples import fashion_mnist, write_images
+from mobilenet_v1.deploy.quantize import quantize_onnx
+from samples import fashion_mnist, write_images
 
 pytestmark = pytest.mark.slow
 INT8_MAX_DROP = 0.3  # percentage points of test accuracy (the bound)
@@ -170,8 +170,7 @@ def test_bias_correction_rounds_weights_as_onnx_runtime_does(reduce_range, weigh
     from onnx import numpy_helper
 
     from mobilenet_v1 import MobileNetV1, ModelConfig
-    from mobilenet_v1.deploy.bias_correction import rounded_weight
-    from mobilenet_v1.deploy.quantize import WEIGHT_GRIDS
+    from mobilenet_v1.deploy.grids import WEIGHT_GRIDS, rounded_weight
 
     model = MobileNetV1(config=ModelConfig(width_multiplier=0.25, resolution=32, num_classes=10)).eval()
     export_onnx(model, tmp_path / "fp32.onnx")

@@ -11,8 +11,8 @@ import torch
 from onnx import numpy_helper
 
 from deploy_helpers import calibrated_model
-from mobilenet_v1.deploy.bias_correction import rounded_weight
 from mobilenet_v1.deploy.fold import fold_bn
+from mobilenet_v1.deploy.grids import rounded_weight
 from mobilenet_v1.deploy.onnx_export import export_onnx
 from mobilenet_v1.deploy.quantize import quantize_onnx
 from mobilenet_v1.deploy.rounding import best_rounding, greedy_rounding, round_weights

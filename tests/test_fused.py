@@ -1,4 +1,4 @@
-"""The fused batch norm + ReLU training kernel (fused.py) against PyTorch's own operators."""
+"""The CPU training kernels (mobilenet_v1.kernels) against PyTorch's own operators and float64."""
 
 import copy
 import itertools
@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mobilenet_v1 import create_model, fused
+from mobilenet_v1 import create_model
+from mobilenet_v1.kernels import batchnorm, build, convolution, plan, support
 from mobilenet_v1.layers import ConvBNAct
 
-needs_kernel = pytest.mark.skipif(fused.load() is None, reason="no C compiler or no AVX2/FMA: the kernel is not built")
+needs_kernel = pytest.mark.skipif(build.load() is None, reason="no C compiler or no AVX2/FMA: the kernel is not built")
 
 
 def _pair(channels: int, seed: int = 0) -> tuple[nn.BatchNorm2d, nn.BatchNorm2d]:
@@ -60,8 +61,8 @@ def test_matches_batch_norm_then_relu(shape, offset):
     ref_bn, bn = _pair(shape[1])
     bn64 = copy.deepcopy(ref_bn).double()
     x64 = x.detach().double().requires_grad_()
-    assert fused.applies(bn, x)
-    exact, ref, out = F.relu(bn64(x64)), F.relu(ref_bn(x)), fused.batch_norm_relu(bn, x)
+    assert support.applies(bn, x)
+    exact, ref, out = F.relu(bn64(x64)), F.relu(ref_bn(x)), batchnorm.batch_norm_relu(bn, x)
     assert out.is_contiguous(memory_format=torch.channels_last)
     grad = torch.randn_like(ref)
     results = {
@@ -94,7 +95,7 @@ def test_running_statistics_and_gradients_as_batch_norm_keeps_them(momentum):
     ref_bn.momentum = bn.momentum = momentum
     for _ in range(3):
         x = (torch.randn(4, 16, 5, 6) * 3 + 1).contiguous(memory_format=torch.channels_last)
-        fused.batch_norm_relu(bn, x).sum().backward()
+        batchnorm.batch_norm_relu(bn, x).sum().backward()
         F.relu(ref_bn(x)).sum().backward()
     torch.testing.assert_close(bn.running_mean, ref_bn.running_mean, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(bn.running_var, ref_bn.running_var, rtol=1e-6, atol=1e-6)
@@ -114,8 +115,8 @@ def test_bfloat16_maps_as_under_autocast(shape):
     ref_bn, bn = _pair(shape[1])
     bn64 = copy.deepcopy(ref_bn).double()
     x64 = x.detach().double().requires_grad_()
-    assert fused.applies(bn, x)
-    exact, ref, out = F.relu(bn64(x64)), F.relu(ref_bn(x)), fused.batch_norm_relu(bn, x)
+    assert support.applies(bn, x)
+    exact, ref, out = F.relu(bn64(x64)), F.relu(ref_bn(x)), batchnorm.batch_norm_relu(bn, x)
     assert out.dtype == ref.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
     grad = torch.randn_like(ref)
     got = (out, *torch.autograd.grad(out, (x, bn.weight, bn.bias), grad))
@@ -144,7 +145,7 @@ def test_gradient_uses_the_forward_relu_mask():
     _, bn = _pair(8)
     with torch.no_grad():
         bn.bias.zero_()
-    out = fused.batch_norm_relu(bn, x)
+    out = batchnorm.batch_norm_relu(bn, x)
     assert out[:, :, 1].abs().max() < 1e-6  # at the kink (0, or 1e-8 off with the batch mean's rounding)
     grad = torch.randn(2, 8, 4, 4, generator=g)
     (got,) = torch.autograd.grad(out, x, grad)
@@ -167,10 +168,10 @@ def test_depthwise_matches_conv2d(stride, size, channels):
     torch.manual_seed(2)
     x = torch.randn(3, channels, *size).contiguous(memory_format=torch.channels_last).requires_grad_()
     conv = nn.Conv2d(channels, channels, 3, stride, 1, groups=channels, bias=False)
-    assert fused.depthwise_applies(conv, x)
+    assert support.depthwise_applies(conv, x)
     x64, w64 = x.detach().double().requires_grad_(), conv.weight.detach().double().requires_grad_()
     exact = F.conv2d(x64, w64, stride=stride, padding=1, groups=channels)
-    ref, out = conv(x), fused.depthwise(conv, x)
+    ref, out = conv(x), convolution.depthwise(conv, x)
     assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
     grad = torch.randn_like(ref)
     got = (out, *torch.autograd.grad(out, (x, conv.weight), grad))
@@ -209,13 +210,13 @@ def test_gemm_at_b_against_float64(k, m, n, threads, bn):
     g = torch.Generator().manual_seed(k + m + n)
     a_rows, b_rows = torch.randn(k, m + 3, generator=g), torch.randn(k, n + 5, generator=g)
     a, b = a_rows[:, :m], b_rows[:, :n]
-    bn_ptrs, _keep, b_bn = _bn_relu_columns(b, g) if bn else (fused._NO_BN, None, b)
+    bn_ptrs, _keep, b_bn = _bn_relu_columns(b, g) if bn else (convolution._NO_BN, None, b)
     buffer = torch.full((m * n + 64,), float("nan"))  # C, then a tail that must stay untouched
     c = buffer[: m * n].view(m, n)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        fused._call(fused.load().gemm_at_b, a.data_ptr(), m + 3, b.data_ptr(), n + 5, c.data_ptr(), k, m, n, *bn_ptrs)
+        build._call(build.load().gemm_at_b, a.data_ptr(), m + 3, b.data_ptr(), n + 5, c.data_ptr(), k, m, n, *bn_ptrs)
     finally:
         torch.set_num_threads(before)
     exact = a.double().t() @ b_bn.double()
@@ -243,7 +244,7 @@ def test_gemm_a_w_against_float64(m, k, n, trans_w, threads, bn):
     scale, and nothing written past C."""
     g = torch.Generator().manual_seed(m + k + n + trans_w)
     a = torch.randn(m, k + 3, generator=g)[:, :k]
-    bn_ptrs, _keep, a_bn = _bn_relu_columns(a, g) if bn else (fused._NO_BN, None, a)
+    bn_ptrs, _keep, a_bn = _bn_relu_columns(a, g) if bn else (convolution._NO_BN, None, a)
     w_shape = (n, k) if trans_w else (k, n)
     w = torch.randn(w_shape[0], w_shape[1] + 5, generator=g)[:, : w_shape[1]]
     buffer = torch.full((m * n + 64,), float("nan"))
@@ -253,9 +254,9 @@ def test_gemm_a_w_against_float64(m, k, n, trans_w, threads, bn):
     torch.set_num_threads(threads)
     try:
         args = (a.data_ptr(), k + 3, w.data_ptr(), w_shape[1] + 5, trans_w, c.data_ptr(), m, k, n)
-        fused._call(fused.load().gemm_a_w, *args, shift.data_ptr(), sums.data_ptr(), *bn_ptrs)
+        build._call(build.load().gemm_a_w, *args, shift.data_ptr(), sums.data_ptr(), *bn_ptrs)
         plain = torch.full_like(c, float("nan"))
-        fused._call(fused.load().gemm_a_w, *args[:5], plain.data_ptr(), m, k, n, None, None, *bn_ptrs)
+        build._call(build.load().gemm_a_w, *args[:5], plain.data_ptr(), m, k, n, None, None, *bn_ptrs)
     finally:
         torch.set_num_threads(before)
     exact = a_bn.double() @ (w.double().t() if trans_w else w.double())
@@ -272,8 +273,8 @@ def test_pointwise_of_the_wrong_width_keeps_pytorchs_error():
     length, so the kernel does not apply and PyTorch's convolution raises its own error."""
     x = torch.randn(2, 16, 5, 5).contiguous(memory_format=torch.channels_last)
     conv = nn.Conv2d(24, 8, 1, bias=False)
-    assert not fused.pointwise_applies(conv, x)
-    assert fused.pointwise_applies(nn.Conv2d(16, 8, 1, bias=False), x)
+    assert not support.pointwise_applies(conv, x)
+    assert support.pointwise_applies(nn.Conv2d(16, 8, 1, bias=False), x)
     with pytest.raises(RuntimeError, match="channels"):
         conv(x)
 
@@ -288,11 +289,11 @@ def test_pointwise_matches_conv2d(c_in, wants):
     torch.manual_seed(5)
     x = torch.randn(3, c_in, 5, 7).contiguous(memory_format=torch.channels_last).requires_grad_(wants[0])
     conv = nn.Conv2d(c_in, 24, 1, bias=False).requires_grad_(wants[1])
-    assert fused.pointwise_applies(conv, x)
+    assert support.pointwise_applies(conv, x)
     inputs = [t for t in (x, conv.weight) if t.requires_grad]
     inputs64 = [t.detach().double().requires_grad_() for t in (x, conv.weight)]
     exact = F.conv2d(*inputs64)
-    ref, out = conv(x), fused.pointwise(conv, x)
+    ref, out = conv(x), convolution.pointwise(conv, x)
     assert out.is_contiguous(memory_format=torch.channels_last)
     grad = torch.randn_like(ref)
     got = (out, *torch.autograd.grad(out, inputs, grad))
@@ -325,11 +326,11 @@ def test_stem_convolution_matches_conv2d(c_in, c_out, size, stride, input_grad):
     torch.manual_seed(8)
     x = torch.randn(3, c_in, *size).contiguous(memory_format=torch.channels_last).requires_grad_(input_grad)
     conv = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False).to(memory_format=torch.channels_last)
-    assert fused.conv3x3_applies(conv, x)
+    assert support.conv3x3_applies(conv, x)
     inputs = [x, conv.weight] if input_grad else [conv.weight]
     inputs64 = [t.detach().double().requires_grad_() for t in (x, conv.weight)]
     exact = F.conv2d(*inputs64, stride=stride, padding=1)
-    ref, out = conv(x), fused.conv3x3(conv, x)
+    ref, out = conv(x), convolution.conv3x3(conv, x)
     assert out.shape == ref.shape
     grad = torch.randn_like(ref)
     got = (out, *torch.autograd.grad(out, inputs, grad))
@@ -343,33 +344,33 @@ def test_stem_convolution_matches_conv2d(c_in, c_out, size, stride, input_grad):
 def test_stem_convolution_applies_only_to_its_shape():
     x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
     stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
-    assert fused.conv3x3_applies(stem, x)
-    assert not fused.conv3x3_applies(stem, x.contiguous())  # NCHW (3 channels: not channels-last contiguous)
-    assert not fused.conv3x3_applies(stem, x.double())
-    assert not fused.conv3x3_applies(nn.Conv2d(3, 32, 3, 2, 1), x)  # bias
-    assert not fused.conv3x3_applies(nn.Conv2d(3, 30, 3, 2, 1, bias=False), x)  # 30 output channels
-    assert not fused.conv3x3_applies(nn.Conv2d(3, 32, 3, 3, 1, bias=False), x)  # stride 3
-    assert not fused.conv3x3_applies(nn.Conv2d(3, 32, 3, 2, 0, bias=False), x)  # no padding (TF 'SAME' is a subclass)
-    assert not fused.conv3x3_applies(nn.Conv2d(3, 32, 3, 2, 2, dilation=2, bias=False), x)
-    assert not fused.conv3x3_applies(nn.Conv2d(3, 32, 3, 2, 1, bias=False, padding_mode="reflect"), x)
+    assert support.conv3x3_applies(stem, x)
+    assert not support.conv3x3_applies(stem, x.contiguous())  # NCHW (3 channels: not channels-last contiguous)
+    assert not support.conv3x3_applies(stem, x.double())
+    assert not support.conv3x3_applies(nn.Conv2d(3, 32, 3, 2, 1), x)  # bias
+    assert not support.conv3x3_applies(nn.Conv2d(3, 30, 3, 2, 1, bias=False), x)  # 30 output channels
+    assert not support.conv3x3_applies(nn.Conv2d(3, 32, 3, 3, 1, bias=False), x)  # stride 3
+    assert not support.conv3x3_applies(nn.Conv2d(3, 32, 3, 2, 0, bias=False), x)  # no padding (TF 'SAME' is a subclass)
+    assert not support.conv3x3_applies(nn.Conv2d(3, 32, 3, 2, 2, dilation=2, bias=False), x)
+    assert not support.conv3x3_applies(nn.Conv2d(3, 32, 3, 2, 1, bias=False, padding_mode="reflect"), x)
     wide = torch.randn(2, 8, 8, 8).contiguous(memory_format=torch.channels_last)
-    assert not fused.conv3x3_applies(nn.Conv2d(8, 32, 3, 2, 1, bias=False), wide)  # many input channels: oneDNN
+    assert not support.conv3x3_applies(nn.Conv2d(8, 32, 3, 2, 1, bias=False), wide)  # many input channels: oneDNN
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not fused.conv3x3_applies(stem, x)
+        assert not support.conv3x3_applies(stem, x)
 
 
 def test_pointwise_applies_only_to_its_shape():
     x = torch.randn(2, 16, 8, 8).contiguous(memory_format=torch.channels_last)
     pw = nn.Conv2d(16, 32, 1, bias=False)
-    assert fused.pointwise_applies(pw, x)
-    assert not fused.pointwise_applies(pw, x.contiguous())  # NCHW
-    assert not fused.pointwise_applies(pw, x.double())
-    assert not fused.pointwise_applies(nn.Conv2d(16, 32, 1), x)  # bias
-    assert not fused.pointwise_applies(nn.Conv2d(16, 32, 1, 2, bias=False), x)  # stride
-    assert not fused.pointwise_applies(nn.Conv2d(16, 32, 1, groups=2, bias=False), x)
-    assert not fused.pointwise_applies(nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False), x)  # depthwise
+    assert support.pointwise_applies(pw, x)
+    assert not support.pointwise_applies(pw, x.contiguous())  # NCHW
+    assert not support.pointwise_applies(pw, x.double())
+    assert not support.pointwise_applies(nn.Conv2d(16, 32, 1), x)  # bias
+    assert not support.pointwise_applies(nn.Conv2d(16, 32, 1, 2, bias=False), x)  # stride
+    assert not support.pointwise_applies(nn.Conv2d(16, 32, 1, groups=2, bias=False), x)
+    assert not support.pointwise_applies(nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False), x)  # depthwise
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not fused.pointwise_applies(pw, x)  # autocast runs it in bf16
+        assert not support.pointwise_applies(pw, x)  # autocast runs it in bf16
 
 
 @needs_kernel
@@ -381,16 +382,16 @@ def test_batch_norm_relu_read_by_the_depthwise_kernel(monkeypatch, sums_in_place
     """``conv(relu(bn(x)))`` with the BN + ReLU map never stored: output, the four gradients and the running
     statistics against float64, at most twice PyTorch's float32 error; the batch norm's gradient sums taken
     inside the depthwise kernel (large maps) and in a pass of their own (maps the caches hold)."""
-    monkeypatch.setattr(fused, "SUMS_IN_PLACE_BYTES", -1 if sums_in_place else 1 << 62)
+    monkeypatch.setattr(convolution, "SUMS_IN_PLACE_BYTES", -1 if sums_in_place else 1 << 62)
     torch.manual_seed(3)
     x = (torch.randn(3, channels, *size) * 2 + 0.3).contiguous(memory_format=torch.channels_last).requires_grad_()
     ref_bn, bn = _pair(channels)
     conv = nn.Conv2d(channels, channels, 3, stride, 1, groups=channels, bias=False)
     bn64, conv64 = copy.deepcopy(ref_bn).double(), copy.deepcopy(conv).double()
     x64 = x.detach().double().requires_grad_()
-    assert fused.applies(bn, x) and fused.depthwise_applies(conv, x)
+    assert support.applies(bn, x) and support.depthwise_applies(conv, x)
     exact, ref = conv64(F.relu(bn64(x64))), conv(F.relu(ref_bn(x)))
-    out = fused.batch_norm_relu_depthwise(bn, conv, x)
+    out = convolution.batch_norm_relu_depthwise(bn, conv, x)
     assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
     grad = torch.randn_like(ref)
     names = ("output", "grad input", "grad bn weight", "grad bn bias", "grad conv weight")
@@ -424,7 +425,7 @@ def test_depthwise_block_matches_pytorch(monkeypatch, sums_in_place, stride, siz
     gradient read by the depthwise backward kernel (neither the BN + ReLU map nor dL/d(conv) stored): output, the
     six gradients and both batch norms' running statistics against float64, at most twice PyTorch's float32
     error (three times where the statistics cancel; or 1e-6 of the scale)."""
-    monkeypatch.setattr(fused, "SUMS_IN_PLACE_BYTES", -1 if sums_in_place else 1 << 62)
+    monkeypatch.setattr(convolution, "SUMS_IN_PLACE_BYTES", -1 if sums_in_place else 1 << 62)
     torch.manual_seed(6)
     x = (torch.randn(3, channels, *size) * 2 + 0.3).contiguous(memory_format=torch.channels_last).requires_grad_()
     (ref_bn1, bn1), (ref_bn2, bn2) = _pair(channels, seed=1), _pair(channels, seed=2)
@@ -439,7 +440,7 @@ def test_depthwise_block_matches_pytorch(monkeypatch, sums_in_place, stride, siz
     x64 = x.detach().double().requires_grad_()
     exact = F.relu(mods64[2](mods64[1](F.relu(mods64[0](x64)))))
     ref = F.relu(ref_bn2(conv(F.relu(ref_bn1(x)))))
-    out = fused.depthwise_block(bn1, conv, bn2, x)
+    out = convolution.depthwise_block(bn1, conv, bn2, x)
     assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
     grad = torch.randn_like(ref)
     names = ["output", "input", "bn1 weight", "bn1 bias", "bn2 weight", "bn2 bias", "conv weight"][: 7 - frozen]
@@ -463,17 +464,17 @@ def test_depthwise_block_matches_pytorch(monkeypatch, sums_in_place, stride, siz
 
 @needs_kernel
 def test_model_hands_batch_norm_to_depthwise_only_where_it_may(monkeypatch):
-    """The pairing in ``fused.sequential``: every depthwise layer of a training model takes the previous block's
-    BN + ReLU, and its own (:class:`fused.DepthwiseBlock`); evaluation, unmarked models and hooks (on the block
+    """The pairing in ``kernels.plan.sequential``: every depthwise layer of a training model takes the previous block's
+    BN + ReLU, and its own (:class:`convolution.DepthwiseBlock`); evaluation, unmarked models and hooks (on the block
     sequence, a block, its BN, the depthwise conv, backward hooks, global hooks) keep the plain path there, and a
     hook on the depthwise block's own BN or ReLU leaves it the pair without its BN
-    (:class:`fused.BatchNormReLUDepthwise`)."""
+    (:class:`convolution.BatchNormReLUDepthwise`)."""
     model = create_model("mobilenet_v1_025_224", num_classes=10).to(memory_format=torch.channels_last)
     x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     pairs, blocks = [], []
-    real_pair, real_block = fused.BatchNormReLUDepthwise.apply, fused.DepthwiseBlock.apply
-    monkeypatch.setattr(fused.BatchNormReLUDepthwise, "apply", lambda *a: pairs.append(a) or real_pair(*a))
-    monkeypatch.setattr(fused.DepthwiseBlock, "apply", lambda *a: blocks.append(a) or real_block(*a))
+    real_pair, real_block = convolution.BatchNormReLUDepthwise.apply, convolution.DepthwiseBlock.apply
+    monkeypatch.setattr(convolution.BatchNormReLUDepthwise, "apply", lambda *a: pairs.append(a) or real_pair(*a))
+    monkeypatch.setattr(convolution.DepthwiseBlock, "apply", lambda *a: blocks.append(a) or real_block(*a))
 
     def pairs_in(m) -> int:  # depthwise layers that read the previous BN + ReLU, with or without their own
         pairs.clear()
@@ -488,7 +489,7 @@ def test_model_hands_batch_norm_to_depthwise_only_where_it_may(monkeypatch):
             handle.remove()
 
     assert pairs_in(model.train()) == 0  # not marked
-    fused.enable(model)
+    plan.enable(model)
     assert pairs_in(model.train()) == 13
     assert pairs_in(model.eval()) == 0
     model.train()
@@ -509,7 +510,7 @@ def test_depthwise_first_layer_without_input_gradient():
     """A depthwise layer fed by data (no input gradient wanted) still gets its weight gradient."""
     x = torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last)
     conv = nn.Conv2d(8, 8, 3, 1, 1, groups=8, bias=False)
-    (got,) = torch.autograd.grad(fused.depthwise(conv, x).sum(), conv.weight)
+    (got,) = torch.autograd.grad(convolution.depthwise(conv, x).sum(), conv.weight)
     (expected,) = torch.autograd.grad(conv(x).sum(), conv.weight)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert got.stride() == conv.weight.stride()  # as autograd.grad callers and DDP's buckets expect
@@ -520,16 +521,16 @@ def test_depthwise_applies_only_to_its_shape():
 
     x = torch.randn(2, 16, 8, 8).contiguous(memory_format=torch.channels_last)
     dw = nn.Conv2d(16, 16, 3, 2, 1, groups=16, bias=False)
-    assert fused.depthwise_applies(dw, x)
-    assert not fused.depthwise_applies(dw, x.contiguous())
-    assert not fused.depthwise_applies(Conv2dSame(16, 16, 3, 2, 0, groups=16, bias=False), x)  # TF padding
-    assert not fused.depthwise_applies(nn.Conv2d(16, 16, 3, 1, 2, dilation=2, groups=16, bias=False), x)
-    assert not fused.depthwise_applies(nn.Conv2d(16, 16, 3, 3, 1, groups=16, bias=False), x)
-    assert not fused.depthwise_applies(nn.Conv2d(16, 16, 3, 1, 1, groups=16), x)  # bias
-    assert not fused.depthwise_applies(nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False, padding_mode="reflect"), x)
-    assert not fused.depthwise_applies(nn.Conv2d(16, 16, 1, bias=False), x)  # pointwise
+    assert support.depthwise_applies(dw, x)
+    assert not support.depthwise_applies(dw, x.contiguous())
+    assert not support.depthwise_applies(Conv2dSame(16, 16, 3, 2, 0, groups=16, bias=False), x)  # TF padding
+    assert not support.depthwise_applies(nn.Conv2d(16, 16, 3, 1, 2, dilation=2, groups=16, bias=False), x)
+    assert not support.depthwise_applies(nn.Conv2d(16, 16, 3, 3, 1, groups=16, bias=False), x)
+    assert not support.depthwise_applies(nn.Conv2d(16, 16, 3, 1, 1, groups=16), x)  # bias
+    assert not support.depthwise_applies(nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False, padding_mode="reflect"), x)
+    assert not support.depthwise_applies(nn.Conv2d(16, 16, 1, bias=False), x)  # pointwise
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not fused.depthwise_applies(dw, x)  # autocast runs it in bf16; the kernel is float32
+        assert not support.depthwise_applies(dw, x)  # autocast runs it in bf16; the kernel is float32
 
 
 @needs_kernel
@@ -541,9 +542,9 @@ def test_views_single_images_and_one_pixel_rows():
     for x in (big[2:4], big[1:2], torch.randn(3, 16, 1, 9).contiguous(memory_format=torch.channels_last)):
         assert x.is_contiguous(memory_format=torch.channels_last)
         ref_bn, bn = _pair(16)
-        torch.testing.assert_close(fused.batch_norm_relu(bn, x), F.relu(ref_bn(x)), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(batchnorm.batch_norm_relu(bn, x), F.relu(ref_bn(x)), rtol=1e-5, atol=1e-5)
         conv = nn.Conv2d(16, 16, 3, 2, 1, groups=16, bias=False)
-        torch.testing.assert_close(fused.depthwise(conv, x), conv(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(convolution.depthwise(conv, x), conv(x), rtol=1e-5, atol=1e-5)
 
 
 @needs_kernel
@@ -551,7 +552,7 @@ def test_hooks_keep_pytorchs_operators_and_double_backward_refuses():
     """A block whose BN or conv has a hook (pruning, profilers) runs PyTorch's modules, so the hook fires; the
     kernels' gradients are not differentiable again, and say so instead of giving wrong second derivatives."""
     model = create_model("mobilenet_v1_025_224", num_classes=10).to(memory_format=torch.channels_last).train()
-    fused.enable(model)
+    plan.enable(model)
     seen = []
     block = model.features.Conv2d_1_depthwise
     block.conv.register_forward_hook(lambda m, i, o: seen.append("conv"))
@@ -561,7 +562,7 @@ def test_hooks_keep_pytorchs_operators_and_double_backward_refuses():
     assert seen == ["conv", "bn", "pointwise"]
     x = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
     _, bn = _pair(8)
-    (g,) = torch.autograd.grad(fused.batch_norm_relu(bn, x).square().sum(), x, create_graph=True)
+    (g,) = torch.autograd.grad(batchnorm.batch_norm_relu(bn, x).square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|double backward|differentiable"):
         g.sum().backward()
 
@@ -569,27 +570,27 @@ def test_hooks_keep_pytorchs_operators_and_double_backward_refuses():
 def test_applies_only_where_it_can_stand_in():
     bn = nn.BatchNorm2d(16).train()
     x = torch.randn(2, 16, 4, 4).contiguous(memory_format=torch.channels_last)
-    assert fused.applies(bn, x)
-    assert not fused.applies(bn, x.contiguous())  # NCHW
-    assert not fused.applies(bn, x[:, :12].contiguous(memory_format=torch.channels_last))  # 12 channels
-    assert not fused.applies(bn, x.double())
-    assert not fused.applies(bn.eval(), x)
-    assert not fused.applies(nn.BatchNorm2d(16, momentum=None).train(), x)  # cumulative average
-    assert not fused.applies(nn.BatchNorm2d(16, affine=False).train(), x)
-    assert not fused.applies(nn.SyncBatchNorm(16).train(), x)
-    assert fused.applies(bn.train(), x.bfloat16())  # a convolution's output under bf16 autocast
-    assert not fused.applies(bn, x.half())
+    assert support.applies(bn, x)
+    assert not support.applies(bn, x.contiguous())  # NCHW
+    assert not support.applies(bn, x[:, :12].contiguous(memory_format=torch.channels_last))  # 12 channels
+    assert not support.applies(bn, x.double())
+    assert not support.applies(bn.eval(), x)
+    assert not support.applies(nn.BatchNorm2d(16, momentum=None).train(), x)  # cumulative average
+    assert not support.applies(nn.BatchNorm2d(16, affine=False).train(), x)
+    assert not support.applies(nn.SyncBatchNorm(16).train(), x)
+    assert support.applies(bn.train(), x.bfloat16())  # a convolution's output under bf16 autocast
+    assert not support.applies(bn, x.half())
     # parameters the C code would read or write past (raw pointers, one value per channel): PyTorch's operators
     # run instead and raise their own error
-    assert not fused.applies(nn.BatchNorm2d(8).train(), x)  # 8 features for 16 channels
+    assert not support.applies(nn.BatchNorm2d(8).train(), x)  # 8 features for 16 channels
     short = nn.BatchNorm2d(16).train()
     short.running_mean = torch.zeros(32)[:8]  # a view of a larger buffer
-    assert not fused.applies(short, x)
+    assert not support.applies(short, x)
     with pytest.raises(RuntimeError, match="running_mean"):
-        fused.batch_norm_relu(short, x) if fused.applies(short, x) else F.relu(short(x))
+        batchnorm.batch_norm_relu(short, x) if support.applies(short, x) else F.relu(short(x))
     strided = nn.BatchNorm2d(16).train()
     strided.weight = nn.Parameter(torch.rand(32)[::2])  # not contiguous
-    assert not fused.applies(strided, x)
+    assert not support.applies(strided, x)
 
 
 @needs_kernel
@@ -602,24 +603,27 @@ def test_a_training_step_matches_the_unfused_model(monkeypatch):
     torch.manual_seed(0)
     ref = create_model("mobilenet_v1_025_224", num_classes=10).to(memory_format=torch.channels_last).train()
     model = copy.deepcopy(ref)
-    assert fused.enable(model) == 27
-    assert fused.enable(ref, on=False) == 0
+    assert plan.enable(model) == 27
+    assert plan.enable(ref, on=False) == 0
     calls, dw_calls, pair_calls, block_calls, pw_calls = [], [], [], [], []
-    real_bn, real_dw, real_pair = fused.batch_norm_relu, fused.depthwise, fused.batch_norm_relu_depthwise
-    real_pw, real_block = fused.pointwise, fused.depthwise_block
-    monkeypatch.setattr(fused, "batch_norm_relu", lambda bn, x, st=None: calls.append((bn, st)) or real_bn(bn, x, st))
-    monkeypatch.setattr(fused, "depthwise", lambda conv, x: dw_calls.append(conv) or real_dw(conv, x))
-    monkeypatch.setattr(fused, "pointwise", lambda conv, x, st=None: pw_calls.append(conv) or real_pw(conv, x, st))
+    real_bn, real_dw = batchnorm.batch_norm_relu, convolution.depthwise
+    real_pair = convolution.batch_norm_relu_depthwise
+    real_pw, real_block = convolution.pointwise, convolution.depthwise_block
+    counted_bn = lambda bn, x, st=None: calls.append((bn, st)) or real_bn(bn, x, st)  # noqa: E731
+    monkeypatch.setattr(batchnorm, "batch_norm_relu", counted_bn)
+    monkeypatch.setattr(convolution, "depthwise", lambda conv, x: dw_calls.append(conv) or real_dw(conv, x))
+    counted_pw = lambda conv, x, st=None: pw_calls.append(conv) or real_pw(conv, x, st)  # noqa: E731
+    monkeypatch.setattr(convolution, "pointwise", counted_pw)
     pair = lambda bn, conv, x, st=None: pair_calls.append((bn, conv)) or real_pair(bn, conv, x, st)  # noqa: E731
-    monkeypatch.setattr(fused, "batch_norm_relu_depthwise", pair)
+    monkeypatch.setattr(convolution, "batch_norm_relu_depthwise", pair)
 
     def block(bn1, conv, bn2, x, stats=None, pointwise=None):
         block_calls.append((bn1, conv, bn2, stats, pointwise and pointwise[0]))
         return real_block(bn1, conv, bn2, x, stats, pointwise)
 
-    monkeypatch.setattr(fused, "depthwise_block", block)
-    stem_calls, real_stem = [], fused.conv3x3
-    monkeypatch.setattr(fused, "conv3x3", lambda conv, x: stem_calls.append(conv) or real_stem(conv, x))
+    monkeypatch.setattr(convolution, "depthwise_block", block)
+    stem_calls, real_stem = [], convolution.conv3x3
+    monkeypatch.setattr(convolution, "conv3x3", lambda conv, x: stem_calls.append(conv) or real_stem(conv, x))
     x = torch.randn(8, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (8,))
     exact = copy.deepcopy(ref).double()
@@ -641,10 +645,10 @@ def test_a_training_step_matches_the_unfused_model(monkeypatch):
     # a 1×1 convolution from GEMM_MIN_CHANNELS input channels ran inside the depthwise block before it, reading its
     # batch norm + ReLU on the fly; the narrower ones ran on their own, with oneDNN's gradients
     pointwise = [m.conv for m in blocks if m.conv.kernel_size == (1, 1)]
-    wide = [c for c in pointwise if c.in_channels >= fused.GEMM_MIN_CHANNELS]
+    wide = [c for c in pointwise if c.in_channels >= convolution.GEMM_MIN_CHANNELS]
     assert len(pointwise) == 13 and 0 < len(wide) < 13  # both paths
     assert [id(t[4]) for t in block_calls if t[4] is not None] == list(map(id, wide))
-    assert [id(c) for c in pw_calls] == [id(c) for c in pointwise if c.in_channels < fused.GEMM_MIN_CHANNELS]
+    assert [id(c) for c in pw_calls] == [id(c) for c in pointwise if c.in_channels < convolution.GEMM_MIN_CHANNELS]
     assert [id(b) for b, _ in calls] == [id(blocks[-1].bn)] and calls[0][1] is not None
     assert stem_calls == [blocks[0].conv]  # the stem's weight gradient by conv3x3.c
     assert losses[1] == pytest.approx(losses[2], rel=1e-5)
@@ -673,11 +677,12 @@ def test_under_bf16_autocast_only_batch_norm_takes_a_kernel(monkeypatch):
     torch.manual_seed(0)
     ref = create_model("mobilenet_v1_025_224", num_classes=10).to(memory_format=torch.channels_last).train()
     model, fp32 = copy.deepcopy(ref), copy.deepcopy(ref)
-    fused.enable(model)
+    plan.enable(model)
     calls, dw_calls = [], []
-    real_bn, real_dw = fused.batch_norm_relu, fused.depthwise
-    monkeypatch.setattr(fused, "batch_norm_relu", lambda bn, x, st=None: calls.append(x.dtype) or real_bn(bn, x, st))
-    monkeypatch.setattr(fused, "depthwise", lambda conv, x: dw_calls.append(conv) or real_dw(conv, x))
+    real_bn, real_dw = batchnorm.batch_norm_relu, convolution.depthwise
+    counted_bn = lambda bn, x, st=None: calls.append(x.dtype) or real_bn(bn, x, st)  # noqa: E731
+    monkeypatch.setattr(batchnorm, "batch_norm_relu", counted_bn)
+    monkeypatch.setattr(convolution, "depthwise", lambda conv, x: dw_calls.append(conv) or real_dw(conv, x))
     x = torch.randn(8, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (8,))
     losses = []
@@ -701,16 +706,16 @@ def test_without_a_compiler_training_runs_unfused(monkeypatch, tmp_path):
     """No C compiler (or a failed build): load() gives None, enable() marks nothing, the model still trains."""
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     monkeypatch.setenv("MOBILENET_V1_CACHE", str(tmp_path / "cache"))
-    fused.load.cache_clear()
+    build.load.cache_clear()
     try:
-        assert fused.load() is None
+        assert build.load() is None
         model = create_model("mobilenet_v1_025_224", num_classes=10).to(memory_format=torch.channels_last).train()
-        assert fused.enable(model) == 0
-        assert not any(getattr(m, "fused_training", False) for m in model.modules())
+        assert plan.enable(model) == 0
+        assert not any(isinstance(m, (plan.KernelConvBNAct, plan.KernelSequential)) for m in model.modules())
         F.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([1, 2])).backward()
         assert not (tmp_path / "cache" / "kernels").exists() or not any((tmp_path / "cache" / "kernels").iterdir())
     finally:
-        fused.load.cache_clear()
+        build.load.cache_clear()
 
 
 def test_a_failed_build_leaves_no_partial_file(monkeypatch, tmp_path):
@@ -720,24 +725,24 @@ def test_a_failed_build_leaves_no_partial_file(monkeypatch, tmp_path):
     cc.chmod(0o755)
     monkeypatch.setenv("CC", str(cc))
     monkeypatch.setenv("MOBILENET_V1_CACHE", str(tmp_path / "cache"))
-    fused.load.cache_clear()
+    build.load.cache_clear()
     try:
-        assert fused.load() is None
+        assert build.load() is None
         assert list((tmp_path / "cache" / "kernels").iterdir()) == []
     finally:
-        fused.load.cache_clear()
+        build.load.cache_clear()
 
 
 @pytest.mark.slow
 @needs_kernel
 def test_compiled_training_step_steps_around_the_kernels(monkeypatch):
     """``torch.compile`` of a kernel-enabled model in training (``mobilenet-v1 train --compile`` does not enable the
-    kernels, but a user may): dynamo traces ``fused.sequential``, takes PyTorch's operators, and the loss and
+    kernels, but a user may): dynamo traces ``kernels.plan.sequential``, takes PyTorch's operators, and the loss and
     gradients are those of the eager model without kernels."""
     torch.manual_seed(0)
     ref = create_model("mobilenet_v1_025_224", num_classes=10).to(memory_format=torch.channels_last).train()
     model = copy.deepcopy(ref)
-    fused.enable(model)
+    plan.enable(model)
     kernel_calls = []
     for name in (
         "batch_norm_relu",
@@ -747,7 +752,8 @@ def test_compiled_training_step_steps_around_the_kernels(monkeypatch):
         "pointwise",
         "conv3x3",
     ):
-        monkeypatch.setattr(fused, name, lambda *a, name=name: kernel_calls.append(name))
+        owner = batchnorm if name == "batch_norm_relu" else convolution
+        monkeypatch.setattr(owner, name, lambda *a, name=name: kernel_calls.append(name))
     x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (4,))
     exact = copy.deepcopy(ref).double()
@@ -779,7 +785,7 @@ def test_pointwise_weight_gradient_keeps_the_weights_strides():
         conv.weight = nn.Parameter(layout(conv.weight.detach()))
         x = torch.randn(2, c_in, 3, 3).contiguous(memory_format=torch.channels_last)
         grad = torch.randn(2, 32, 3, 3)
-        (gw,) = torch.autograd.grad(fused.pointwise(conv, x), conv.weight, grad)
+        (gw,) = torch.autograd.grad(convolution.pointwise(conv, x), conv.weight, grad)
         (ref,) = torch.autograd.grad(F.conv2d(x, conv.weight), conv.weight, grad)
         assert gw.stride() == conv.weight.stride(), (c_in, name, gw.stride(), conv.weight.stride())
         torch.testing.assert_close(gw, ref, rtol=1e-5, atol=1e-5, msg=f"{c_in} {name}")
@@ -787,6 +793,33 @@ def test_pointwise_weight_gradient_keeps_the_weights_strides():
 
 def test_empty_maps_take_pytorchs_operators():
     x = torch.empty(2, 8, 4, 0).contiguous(memory_format=torch.channels_last)
-    assert not fused.depthwise_applies(nn.Conv2d(8, 8, 3, 1, 1, groups=8, bias=False), x)
-    assert not fused.pointwise_applies(nn.Conv2d(8, 8, 1, bias=False), x)
-    assert not fused.applies(nn.BatchNorm2d(8).train(), x)
+    assert not support.depthwise_applies(nn.Conv2d(8, 8, 3, 1, 1, groups=8, bias=False), x)
+    assert not support.pointwise_applies(nn.Conv2d(8, 8, 1, bias=False), x)
+    assert not support.applies(nn.BatchNorm2d(8).train(), x)
+
+
+def test_enabling_the_kernels_keeps_the_state_dict_parameters_and_outputs():
+    """``kernels.enable`` swaps modules, not weights: the same state-dict keys and tensors, the same Parameter
+    objects (an optimizer made before still updates the model), the same outputs in evaluation, PyTorch's to
+    float rounding in training, and ``on=False`` gives back the plain modules."""
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v1_025_224", num_classes=10).to(memory_format=torch.channels_last)
+    ref = copy.deepcopy(model)
+    params = [id(p) for p in model.parameters()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    count = plan.enable(model)
+    assert count == (27 if build.load() is not None else 0)
+    assert [id(p) for p in model.parameters()] == params
+    assert list(model.state_dict()) == list(state)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    if count:
+        assert type(model.features) is plan.KernelSequential
+        assert sum(type(m) is plan.KernelConvBNAct for m in model.modules()) == 27
+    x = torch.randn(4, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), ref.eval()(x))
+        got, want = model.train()(x), ref.train()(x)
+    assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+    assert plan.enable(model, on=False) == 0
+    assert not any(isinstance(m, (plan.KernelConvBNAct, plan.KernelSequential)) for m in model.modules())
+    assert [id(p) for p in model.parameters()] == params

@@ -5,7 +5,7 @@ back with ``munmap`` when freed. A training step allocates and frees the same ac
 buffers every iteration, so on the CPU each step re-faults those pages from the kernel: on this project's
 2-core machine a 40-epoch Fashion-MNIST run took 280 million minor page faults and spent 18% of its CPU
 time in the kernel. Raising the mmap and trim thresholds makes those blocks come from (and go back to)
-the heap, where the next step reuses them. Measured here (`BENCHMARKS.md`): +16–48% training images/s.
+the heap, where the next step reuses them. Measured on 2-core AVX2 CPUs: +16–48% training images/s.
 
 This is the effect of glibc's documented ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` /
 ``MALLOC_TOP_PAD_`` environment variables, applied with ``mallopt(3)`` at run time. It changes the whole

@@ -2,8 +2,8 @@
 
 Fashion-MNIST sits in memory as one uint8 tensor, yet the per-image pipeline (PIL image → resize → random crop
 → flip → float → normalise → random erasing) costs ~0.8 ms per 28×28 image, nearly all of it v2's dispatch.
-On a 2-core machine the loader worker doing that took 14% off a 64 px training step (633 vs 546 ms at batch 128,
-Zen 3). ``BatchTransform`` takes the same ``v2.Compose`` and runs it a batch at a time.
+On a 2-core machine the loader worker doing that took 14% off a 64 px training step (633 vs 546 ms at batch
+128). ``BatchTransform`` takes the same ``v2.Compose`` and runs it a batch at a time.
 
 The batch stands for what torchvision's FashionMNIST hands its transform: PIL images until ``v2.ToImage``.
 - The pipeline's leading deterministic steps (channel conversion, resize, centre crop) run per image on PIL

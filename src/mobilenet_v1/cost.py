@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from . import spec
-from .model import ModelConfig
+from .config import ModelConfig
 
 # Table 2's row labels, by op.
 LAYER_TYPES = {

@@ -24,17 +24,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import datasets
 
 from .batch_transforms import BatchTransform, NotBatchable
-from .checkpoint import atomic_path
+from .files import atomic_path, cache_dir
 from .preprocess import IMAGE_SUFFIXES, load_image
 
 # Where `apt-get install -y dataset-fashion-mnist` puts the gzipped IDX files (`dpkg -L dataset-fashion-mnist`).
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 DATASETS = ("fashion-mnist", "folder")
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("MOBILENET_V1_CACHE", Path.home() / ".cache" / "mobilenet-v1"))
 
 
 def _fashion_mnist_root(src: str | os.PathLike) -> Path:

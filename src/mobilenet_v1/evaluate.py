@@ -55,7 +55,7 @@ def for_evaluation(model: nn.Module, device: torch.device, precision: str) -> tu
     malloc tuned: deploy/inference.py), and the autocast precision left for :func:`evaluate` to apply.
 
     Logits equal the eager model's to ~1e-6 (folding reassociates). 10,000 Fashion-MNIST images at 64 px took
-    2.3× less time than on the eager NCHW model (Zen 3). bf16 stays on autocast where it is emulated, which
+    2.3× less time than on the eager NCHW model (2-core AVX2 CPU). bf16 stays on autocast where it is emulated, which
     optimize_for_inference refuses; GPUs keep the eager model.
     """
     from .deploy.inference import bf16_supported, optimize_for_inference  # noqa: PLC0415 - CPU only
@@ -133,7 +133,7 @@ def plot_confusion(metrics: Metrics, path: str | os.PathLike) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .checkpoint import atomic_path
+    from .files import atomic_path
 
     cm = torch.tensor(metrics.confusion, dtype=torch.float64)
     cm = cm / cm.sum(1, keepdim=True).clamp_min(1)

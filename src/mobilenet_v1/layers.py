@@ -6,10 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fused, spec
+from . import spec
 
-ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6}
-PADDINGS = spec.PADDINGS
+ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6}  # config.ACTIVATIONS, as modules
 
 
 class Conv2dSame(nn.Conv2d):
@@ -51,14 +50,7 @@ def make_conv(in_ch: int, out_ch: int, kernel: int, stride: int, dilation: int, 
 
 
 class ConvBNAct(nn.Sequential):
-    """conv → BN → ReLU: every convolution in Table 1 is followed by batch norm and ReLU (Section 3.2).
-
-    ``fused_training`` (set by :func:`mobilenet_v1.fused.enable`) lets training on the CPU run the depthwise
-    convolution and BN + ReLU on compiled kernels where they apply; parameters, state dict and results are the
-    same either way.
-    """
-
-    fused_training = False
+    """conv → BN → ReLU: every convolution in Table 1 is followed by batch norm and ReLU (Section 3.2)."""
 
     def __init__(
         self,
@@ -78,6 +70,4 @@ class ConvBNAct(nn.Sequential):
         self.act = ACTIVATIONS[activation](inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused_training and self.training:
-            return fused.conv_bn_act(self, x)
         return self.act(self.bn(self.conv(x)))

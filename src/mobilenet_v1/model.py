@@ -4,72 +4,15 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
-from . import fused, spec
-from .layers import ACTIVATIONS, ConvBNAct
+from . import spec
+from .config import ModelConfig
+from .layers import ConvBNAct
 
-GLOBAL_POOLS = {"avg": nn.AdaptiveAvgPool2d, "max": nn.AdaptiveMaxPool2d}
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything needed to rebuild a model; stored as ``config.json`` beside its weights."""
-
-    width_multiplier: float = 1.0  # α, Section 4.2
-    resolution: int = 224  # input size; ρ = resolution / 224 (Section 4.3); the module accepts any size
-    variant: str = "standard"
-    num_classes: int = 1000
-    in_chans: int = 3
-    dropout: float = 0.0
-    activation: str = "relu"  # the paper; Google's released weights use relu6
-    padding: str = "symmetric"  # "tf_same" for TensorFlow graphs, "keras" for Keras files (spec.PADDINGS)
-    bn_eps: float = 1e-5  # TF-slim and Keras use 1e-3
-    output_stride: int = 32
-    min_depth: int = spec.DEFAULT_MIN_DEPTH
-    global_pool: str = "avg"  # the paper's 7×7 average pool; "max" for Keras's pooling="max" feature extractors
-    extra: dict = field(default_factory=dict, compare=False)  # e.g. the 1001-class "background" offset
-
-    def __post_init__(self):
-        spec.validate(
-            self.width_multiplier,
-            self.resolution,
-            self.variant,
-            self.output_stride,
-            self.num_classes,
-            self.in_chans,
-            self.min_depth,
-            self.padding,
-        )
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {self.activation!r}")
-        if self.global_pool not in GLOBAL_POOLS:
-            raise ValueError(f"global_pool must be one of {', '.join(GLOBAL_POOLS)}; got {self.global_pool!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-
-    def layers(self) -> list[spec.Layer]:
-        return spec.resolve(
-            self.width_multiplier,
-            self.resolution,
-            self.variant,
-            self.output_stride,
-            self.num_classes,
-            self.in_chans,
-            self.min_depth,
-            self.padding,
-        )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+GLOBAL_POOLS = {"avg": nn.AdaptiveAvgPool2d, "max": nn.AdaptiveMaxPool2d}  # config.GLOBAL_POOLS, as modules
 
 
 class MobileNetV1(nn.Module):
@@ -175,7 +118,7 @@ class MobileNetV1(nn.Module):
         """The last feature map, or (``features_only``) the list of maps at the selected strides."""
         self._check_input(x)
         if not self.features_only:
-            return fused.sequential(self.features, x) if self.training else self.features(x)
+            return self.features(x)
         maps = []
         for name, module in self.features.named_children():
             x = module(x)

@@ -26,7 +26,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoint import CONFIG_NAME, atomic_path, from_pretrained
+from .checkpoint import CONFIG_NAME, from_pretrained
+from .files import atomic_path, cache_dir, sha256_of
 from .model import MobileNetV1
 
 
@@ -82,21 +83,6 @@ PRETRAINED: dict[str, dict[str, Weights]] = _registry()
 def list_pretrained() -> list[str]:
     """``name:source`` for every registered weights file."""
     return [f"{name}:{tag}" for name, sources in PRETRAINED.items() for tag in sources]
-
-
-def cache_dir() -> Path:
-    if os.environ.get("MOBILENET_V1_CACHE"):
-        return Path(os.environ["MOBILENET_V1_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "mobilenet-v1"
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fetch(url: str, dest: Path, sha256: str | None = None) -> Path:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_path
+from .files import atomic_path
 
 STATE_NAME = "train_state.pt"
 METRICS_NAME = "metrics.csv"

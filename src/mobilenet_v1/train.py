@@ -20,11 +20,12 @@ import torch
 from torch import nn
 
 from . import data as data_mod
-from . import fused, rundir
+from . import kernels, rundir
 from .allocator import keep_freed_memory
-from .checkpoint import WEIGHTS_NAME, Pretrained, read_config, save_weights, write_json
+from .checkpoint import WEIGHTS_NAME, Pretrained, read_config, save_weights
 from .distributed import DistInfo, all_gather_objects, all_sum, average_buffers, barrier, setup, teardown
 from .evaluate import Metrics, autocast, evaluate, for_evaluation, resolve_precision
+from .files import write_json
 from .model import MobileNetV1, ModelConfig
 from .preprocess import default_preprocessing, erasing_probability, train_transform
 from .recipes import EMA, Recipe, build_optimizer, get_recipe, lr_at
@@ -50,7 +51,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 with loss scaling)
     channels_last: bool = True
     compile: bool = False
-    fused_kernels: bool = True  # CPU: BN + ReLU and 3×3 depthwise convolutions on compiled kernels (fused.py)
+    fused_kernels: bool = True  # CPU: the conv-BN-ReLU blocks on compiled kernels (mobilenet_v1.kernels)
     sync_bn: bool = False  # SyncBatchNorm (GPU only in PyTorch)
     augment: bool = True
     random_erasing: float | None = None  # probability; default: the preset's (small 0.25, inception 0)
@@ -217,7 +218,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainResult:
         start_epoch, step, best = state["epoch"], state["step"], state["best_top1"]
         history = state["history"]
     if info.device.type == "cpu" and cfg.fused_kernels and not cfg.compile:
-        fused.enable(model)  # a no-op where the kernel cannot be built (no compiler, no AVX2)
+        kernels.enable(model)  # a no-op where the kernels cannot be built (no compiler, not x86-64)
     net: nn.Module = model
     if cfg.sync_bn and info.enabled:
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)

@@ -1,6 +1,6 @@
 """Benchmarks: interleaved, process-isolated timing of our inference paths and the peers'.
 
-Speed is measured here and in ``benchmarks/``, never asserted in tests (BENCHMARKING.md).
+Speed is measured here and in ``benchmarks/``, never asserted in tests.
 """
 
 from .backends import BACKENDS, DEFAULT_BACKENDS, PEER_BACKENDS

@@ -141,7 +141,7 @@ def _openvino_runner(path: str, hint: str, threads: int, x: np.ndarray):
     import openvino as ov  # noqa: PLC0415
 
     # The precision hint is always explicit: on CPUs with AVX-512 BF16 OpenVINO otherwise runs fp32
-    # models in bf16 (BENCHMARKING.md). LATENCY: one stream using every thread, for both batch sizes.
+    # models in bf16. LATENCY: one stream using every thread, for both batch sizes.
     compiled = ov.Core().compile_model(
         path, "CPU",
         {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"},

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import atomic_path
 from ..cost import cost_of
+from ..files import atomic_path
 from ..registry import list_models, model_config
 from .backends import BACKENDS, Job, check_backends, missing_module
 from .results import Grid, GridPoint
@@ -80,12 +80,12 @@ def _files(backend: str, name: str, config, work: Path) -> dict[str, str]:
         from ..checkpoint import Preprocessing  # noqa: PLC0415
         from ..deploy.calibration import calibration_reader  # noqa: PLC0415
         from ..deploy.quantize import quantize_onnx  # noqa: PLC0415
-        from ..deploy.samples import photo_crops  # noqa: PLC0415
+        from .runner import timing_images  # noqa: PLC0415
 
         int8 = work / f"{name}.int8.onnx"
         if not int8.exists():
             pre = Preprocessing(input_size=config.resolution)
-            quantize_onnx(fp32, int8, calibration_reader(photo_crops(64, config.resolution), pre))
+            quantize_onnx(fp32, int8, calibration_reader(timing_images(64, config.resolution), pre))
         files["int8"] = str(int8)
     return files
 

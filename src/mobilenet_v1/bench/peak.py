@@ -73,7 +73,7 @@ def measure_peaks(threads: int = 2, n: int = 2048) -> list[Peak]:
 
     torch.set_num_threads(threads)
     fp32 = [(torch_peak(torch.float32, n), f"torch.mm fp32 {n}×{n}")]
-    # Without VNNI torch._int_mm falls back to a reference kernel (1.2 GOP/s on the AVX2-only Zen 3: 133 s
+    # Without VNNI torch._int_mm falls back to a reference kernel (1.2 GOP/s on an AVX2-only CPU: 133 s
     # for one 2048³ measurement), so it is only a candidate where VNNI exists, and a small one otherwise.
     int8 = [(torch_peak(torch.int8, n), f"torch._int_mm s8×s8 {n}×{n}")] if vnni_supported() else []
     for precision, found, how in (("fp32", fp32, "MatMul fp32"), ("int8", int8, "MatMulInteger u8×s8")):

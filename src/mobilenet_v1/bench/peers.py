@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from ..checkpoint import atomic_path
+from ..files import atomic_path
 
 
 def export_timm_onnx(model, path: str | os.PathLike, resolution: int = 224, opset: int = 18) -> None:

@@ -1,4 +1,4 @@
-"""Markdown tables of a :class:`BenchReport` (the CLI prints them; BENCHMARKS.md quotes them)."""
+"""Markdown tables of a :class:`BenchReport` (the CLI prints them)."""
 
 from __future__ import annotations
 

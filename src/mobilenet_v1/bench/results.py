@@ -11,7 +11,7 @@ class Timing:
     """One backend at one batch size, over interleaved rounds."""
 
     backend: str
-    precision: str  # fp32 / bf16 / int8 — part of the configuration (BENCHMARKING.md)
+    precision: str  # fp32 / bf16 / int8 — part of the configuration
     batch: int
     median_ms: float  # median of the round medians
     p90_ms: float  # 90th percentile of all timed iterations

@@ -35,7 +35,7 @@ class BenchOptions:
     threads: int = 2
     rounds: int = 6
     iters: int = 5  # per round: rounds × iters ≥ 30 timed iterations per configuration
-    calibration: str | None = None  # image directory; default: crops of the photos bundled with skimage/sklearn
+    calibration: str | None = None  # image directory; default: synthetic images (timing only: see timing_images)
     calibration_images: int = 300
     profile: bool = False
     grid: bool = False  # also time the paper's 16 models (grid.py)
@@ -115,12 +115,19 @@ def _preprocessing(job: Job):
     return Preprocessing(input_size=job.config["resolution"])
 
 
-def calibration_images(options: BenchOptions, config: ModelConfig):
-    if options.calibration:
-        return options.calibration
-    from ..deploy.samples import photo_crops  # noqa: PLC0415
+def timing_images(n: int, size: int, seed: int = 0) -> list:
+    """``n`` smooth random RGB images: calibration for a *timing* of the int8 path, whose speed does not depend on
+    the scales calibration picks. For accuracy, calibrate on real images (``--calibration DIR``)."""
+    import numpy as np  # noqa: PLC0415
+    from PIL import Image  # noqa: PLC0415
 
-    return photo_crops(options.calibration_images, config.resolution)
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+    return [Image.fromarray(c).resize((size, size), Image.BILINEAR) for c in coarse]
+
+
+def calibration_images(options: BenchOptions, config: ModelConfig):
+    return options.calibration or timing_images(options.calibration_images, config.resolution)
 
 
 def run_bench(options: BenchOptions) -> BenchReport:

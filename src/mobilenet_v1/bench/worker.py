@@ -1,4 +1,4 @@
-"""One process per configuration, timed in interleaved rounds (BENCHMARKING.md).
+"""One process per configuration, timed in interleaved rounds.
 
 Each worker builds its backend(s) and warms up while the others sit idle, then waits. The parent asks
 the workers for one round at a time, alternating A B C … then … C B A, so slow drifts in machine load
@@ -31,7 +31,7 @@ def omp_wait_policy(policy: str | None):
     libgomp reads it once, when torch loads. PASSIVE (threads sleep between parallel regions), which this
     project's CI exports so that concurrent test processes don't starve each other, adds a wake-up to each
     of the ~60 parallel regions of a batch-1 forward: our fused PyTorch path took 20.4 ms instead of 14.9 ms
-    on the 2-core Zen 3. A bench worker runs alone, so by default it gets the runtime's own policy.
+    on a 2-core AVX2 CPU. A bench worker runs alone, so by default it gets the runtime's own policy.
     """
     before = os.environ.get("OMP_WAIT_POLICY")
     os.environ.pop("OMP_WAIT_POLICY", None)

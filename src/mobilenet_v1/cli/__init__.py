@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 
-# subcommand -> module in this package exposing add_arguments(parser) and run(args) -> int
+# subcommand -> its help; each is the module ``<name>_cmd`` here, exposing add_arguments(parser) and run(args) -> int
 COMMANDS = {
     "summary": "Per-layer table of Mult-Adds and parameters",
     "paper": "The paper's cost tables beside ours, with verdicts",
-}
-OPTIONAL_COMMANDS = {  # added by later modules; listed only when their module is present
     "train": "Train on Fashion-MNIST or an ImageFolder tree",
     "eval": "Evaluate a trained model",
     "predict": "Top-k classes for images",
@@ -30,18 +27,10 @@ class CliError(Exception):
     """A user-facing failure whose message is already one clear line."""
 
 
-def _available() -> dict[str, str]:
-    found = dict(COMMANDS)
-    for name, helptext in OPTIONAL_COMMANDS.items():
-        if importlib.util.find_spec(f"{__name__}.{name}_cmd") is not None:
-            found[name] = helptext
-    return found
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mobilenet-v1", description="MobileNet-V1 (Howard et al. 2017) in PyTorch")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, helptext in _available().items():
+    for name, helptext in COMMANDS.items():
         module = importlib.import_module(f"{__name__}.{name}_cmd")
         p = sub.add_parser(name, help=helptext, description=helptext)
         module.add_arguments(p)

@@ -1,12 +1,12 @@
-/* A whole depthwise block of a training step in one call each way (mobilenet_v1/fused.py's DepthwiseBlock): the
+/* A whole depthwise block of a training step in one call each way (mobilenet_v1/kernels/convolution.py's DepthwiseBlock): the
    previous block's batch norm + ReLU (bn1), the 3x3 depthwise convolution, its own batch norm + ReLU (bn2) and,
    where given, the 1x1 convolution after it. Each step is one of the kernels of bn_relu.c, depthwise.c and gemm.c,
-   called in the order fused.py called them one by one before; here the per-channel work between them (batch
+   called in the same order as they would be one by one from Python; here the per-channel work between them (batch
    statistics, gradient coefficients, the filters' layouts) and the temporary maps of the backward are in C too.
    In the step the Python around a dozen kernel calls per block cost more than its own time measures, for the
-   kernels leave the interpreter's data out of cache (BENCHMARKS.md, session 18).
+   kernels leave the interpreter's data out of cache: one call instead measured 3% off the step at 128 px.
 
-   The per-channel state both directions share (fused.py allocates it; channels C of the depthwise layer):
+   The per-channel state both directions share (convolution.py allocates it; channels C of the depthwise layer):
    s64 [6][C] float64: mean1, invstd1, mean2, invstd2, then bn2's statistics sums [2][C] (depthwise output);
    s32 [14][C] float32: mean1 (float32), a1, mean2 (float32), a2, bn2's statistics shift, then taps [9][C]. */
 #include <stdint.h>

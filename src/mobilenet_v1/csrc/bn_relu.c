@@ -5,7 +5,7 @@
    batch_norm + relu_ as separate passes over memory (forward: statistics, normalise, ReLU; backward: ReLU
    mask, two batch-norm passes); these do two passes each way. The backward pass re-derives the ReLU mask
    from x and the forward scale/shift instead of reading the output, and maps larger than the caches are
-   written with streaming stores. Built and loaded by mobilenet_v1/fused.py; threads are OpenMP's, the
+   written with streaming stores. Built and loaded by mobilenet_v1/kernels/build.py; threads are OpenMP's, the
    same libgomp instance PyTorch uses. */
 #include <immintrin.h>
 #include <math.h>

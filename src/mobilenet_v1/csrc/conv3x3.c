@@ -2,9 +2,9 @@
    padding 1, stride 1 or 2) for training on x86 CPUs (AVX2 + FMA): channels-last float32 maps, C_out % 8 == 0.
 
    dL/dw is 9 * C_in * C_out sums over every output pixel. oneDNN's backward-weights convolution runs this shape at
-   ~16 GFLOP/s (BENCHMARKS.md, session 12); here each thread walks its output rows, and for every tap and input
+   ~16 GFLOP/s on a 2-core AVX2 CPU; here each thread walks its output rows, and for every tap and input
    channel sums x * dL/dy over the row in C_out/8 vector registers (the row of dL/dy stays in L1), then adds the row's
-   float sums to its double totals. Built and loaded by mobilenet_v1/fused.py with the other kernels. */
+   float sums to its double totals. Built and loaded by mobilenet_v1/kernels/build.py with the other kernels. */
 #include <immintrin.h>
 #include <omp.h>
 #include <stdint.h>

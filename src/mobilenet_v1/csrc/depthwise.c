@@ -7,8 +7,8 @@
 
    Each output vector of 8 channels is its window's 9 fused multiply-adds in registers; rows outside the map
    are read from a zero row, so the interior of every row runs without bounds checks. At MobileNet's training
-   shapes this runs near the memory bandwidth, where PyTorch's CPU depthwise kernels (oneDNN) do not
-   (BENCHMARKS.md). Built and loaded by mobilenet_v1/fused.py with bn_relu.c. */
+   shapes this runs near the memory bandwidth, where PyTorch's CPU depthwise kernels (oneDNN) do not. Built and
+   loaded by mobilenet_v1/kernels/build.py with bn_relu.c. */
 #include <immintrin.h>
 #include <omp.h>
 #include <stdint.h>
@@ -261,7 +261,7 @@ static void grad_input_row_s2(const float *ra, int ka, const float *rb, int kb, 
 /* gy row g's products with the input rows r[0..2] into the float sums f[9][C] of dL/dw. Columns outer, channels
    inner: the maps are read in memory order, into f (L1 or L2). A channel-outer loop with the 9 sums in registers
    strides by C floats down a row, which at C >= 512 keeps landing in the same few L1 sets: 1.5x slower over
-   MobileNet's layers (BENCHMARKS.md, session 11). */
+   MobileNet's layers. */
 static void grad_weight_row(const float *g, const float *const r[3], float *f, int64_t W, int64_t C, int64_t OW,
                             int s) {
   for (int64_t ow = 0; ow < OW; ow++) {

@@ -1,20 +1,19 @@
-/* The 1x1 convolutions' matrix products on channels-last maps, float32, row-major (Built by mobilenet_v1/fused.py
+/* The 1x1 convolutions' matrix products on channels-last maps, float32, row-major (built by mobilenet_v1/kernels/build.py
    with -O3 -march=native -fopenmp: AVX2 + FMA):
 
    - gemm_at_b, the weight gradient: C[M, N] = A^T B, for A = dL/dy viewed as [K, M] (K = pixels, M = output
-     channels) and B = x viewed as [K, N] (N = input channels). MKL's sgemm runs this product at ~140 GFLOP/s on the
-     2-core Zen 3 we measure on, and oneDNN's backward-weights convolution at ~120-145; this blocked product (BLIS's
+     channels) and B = x viewed as [K, N] (N = input channels). MKL's sgemm runs this product at ~140 GFLOP/s on a
+     2-core AVX2 CPU (AMD Zen 3), and oneDNN's backward-weights convolution at ~120-145; this blocked product (BLIS's
      loop order: B packed in KC x NC blocks, A in KC x MC blocks, a 6 x 16 register tile of FMAs) at ~155-170
-     (BENCHMARKS.md, session 14). Where K is long against the channels (the large maps), the threads split K and sum
+     there. Where K is long against the channels (the large maps), the threads split K and sum
      their partial products, rather than packing the same rows twice. Between its tiles each thread prefetches the
      next KC block's rows of A and B into L2, so that packing them does not wait on memory: on the large maps,
-     whose rows come from DRAM, 3-20% faster alone (BENCHMARKS.md, session 18).
+     whose rows come from DRAM, 3-20% faster alone.
    - gemm_a_w, the forward (y = x W^T) and the input gradient (dL/dx = dL/dy W): C[M, N] = A[M, K] times the weight
      W, M = pixels. The weight is packed once into KC x 16 panels; each thread takes whole 6-row tiles of the pixels
      and reads A's rows in place, where BLIS would pack them: a row of a channels-last map is contiguous already.
      It prefetches the next block of rows as gemm_at_b does (the large maps' input gradients 5-25% faster alone).
-     Measured 3-5% faster than oneDNN's 1x1 convolution and its input gradient over MobileNet's layers here
-     (BENCHMARKS.md, session 16). */
+     Measured 3-5% faster than oneDNN's 1x1 convolution and its input gradient over MobileNet's layers. */
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>
@@ -96,7 +95,7 @@ static void pack_b(const float *B, int64_t ldb, int64_t kc, int64_t n0, int64_t 
 /* The tile's sums acc (rows past mr, columns past nr dropped) into the mr x nr tile at c (row stride ldc): stored,
    or added to it unless first. Inlined into each tile function with loops of constant length for a whole tile, so
    that the accumulators stay in registers there (with a loop to mr, GCC kept them in memory, a store after each
-   FMA: BENCHMARKS.md, session 16). */
+   FMA). */
 static inline __attribute__((always_inline)) void store_tile(__m256 acc[MR][2], float *c, int64_t ldc, int mr, int nr,
                                                              int first) {
   if (mr == MR && nr == NR) {
@@ -230,7 +229,7 @@ int gemm_at_b(const float *A, int64_t lda, const float *B, int64_t ldb, float *C
 
 /* The mr x nr tile at c (row stride ldc) = (first ? 0 : itself) + the rows of A at a (row stride lda) [0:kc] times a
    packed panel b [kc][NR]; rows past mr re-read row 0 (their sums are dropped). Inlined where it is called: given a
-   second caller (session 17's one-pass gradients, not kept), GCC kept this function's accumulators in memory, as
+   second caller (an experiment with one-pass gradients), GCC kept this function's accumulators in memory, as
    store_tile describes, and the training step ran 30% slower. */
 static inline __attribute__((always_inline)) void tile_rows(int64_t kc, const float *a, int64_t lda, const float *b,
                                                              float *c, int64_t ldc, int mr, int nr, int first) {

@@ -17,33 +17,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .fold import fold_bn
-from .quantize import DTYPE_RANGES, WEIGHT_GRIDS, resolve_reduce_range
-
-
-def rounded_weight(
-    w: torch.Tensor, per_channel: bool, reduce_range: bool = False, weight_type: str = "int8",
-    scale: torch.Tensor | None = None,
-) -> torch.Tensor:  # fmt: skip
-    """``w`` after ONNX Runtime's symmetric 8-bit weight rounding (round half to even), back in float.
-
-    scale = 2·max|w| / (qmax − qmin) and zero point round((qmin + qmax) / 2), as ``compute_scale_zp`` does:
-    int8 → ±127 levels (±64 with ``reduce_range``, ORT's 7-bit weights for CPUs without VNNI);
-    uint8 → 0…255 around 128 (0…127 around 64; the largest weight may round to 128, which ORT keeps).
-    ``scale``: use this scale instead of :func:`weight_scale`'s (ORT enlarges some, see ``qat.ort_scales``).
-    """
-    qmin, qmax = WEIGHT_GRIDS[weight_type, reduce_range]
-    zero = round((qmin + qmax) / 2)
-    scale = weight_scale(w, per_channel, reduce_range, weight_type) if scale is None else scale
-    return (torch.round(w / scale) + zero).clamp(*DTYPE_RANGES[weight_type]).sub(zero) * scale
-
-
-def weight_scale(
-    w: torch.Tensor, per_channel: bool, reduce_range: bool = False, weight_type: str = "int8"
-) -> torch.Tensor:
-    """ORT's symmetric weight scale(s), shaped to broadcast against ``w`` (one per output channel, or one)."""
-    qmin, qmax = WEIGHT_GRIDS[weight_type, reduce_range]
-    peak = w.abs().amax(dim=tuple(range(1, w.ndim)), keepdim=True) if per_channel else w.abs().max()
-    return torch.where(peak > 0, 2 * peak / (qmax - qmin), torch.ones_like(peak))
+from .grids import resolve_reduce_range, rounded_weight
 
 
 @torch.no_grad()

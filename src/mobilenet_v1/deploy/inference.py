@@ -10,7 +10,7 @@ What it does, and why each step pays on a CPU:
   BF16 / AMX): half the memory traffic and twice the multiply rate of fp32; outputs are returned as fp32;
 - **fused oneDNN convolutions** (``fuse=True``, the default; ``onednn.py``): conv + bias + ReLU in one kernel
   with weights packed once into oneDNN's layout, instead of a weight reorder and a ReLU pass per layer per call
-  (batch 1 on the 2-core Zen 3: 21.7 → 16.6 ms, 1.21× → 1.58× timm eager);
+  (batch 1 on a 2-core AVX2 CPU: 21.7 → 16.6 ms, 1.21× → 1.58× timm eager);
 - **torch.compile** (``compile=True``, instead of ``fuse``) with inductor *freezing*: weights become constants,
   so convolutions are pre-packed into oneDNN's blocked layout once and conv + bias + ReLU fuse.
 - **freed activations kept for the next call** (``keep_memory=True``, the default; ``allocator.py``):
@@ -18,7 +18,7 @@ What it does, and why each step pays on a CPU:
   map at 224 is 51–103 MB) back to the kernel when it is freed, so each call re-faults its largest buffers
   page by page. ONNX Runtime and OpenVINO keep a memory arena for the same reason. This tunes glibc's
   malloc *process-wide* and for the rest of the process (as ``MALLOC_MMAP_THRESHOLD_`` etc. would): batch 32
-  on the 2-core Zen 3, 714 → 459 ms (``BENCHMARKS.md``); batch 1 is unaffected (its buffers stay in the heap
+  on a 2-core AVX2 CPU, 714 → 459 ms; batch 1 is unaffected (its buffers stay in the heap
   anyway).
 
     from mobilenet_v1.deploy import optimize_for_inference

@@ -6,8 +6,8 @@ keeps its weight *pre-packed* (``torch._C._nn.mkldnn_reorder_conv2d_weight``, do
 of the model's resolution — measured here to suit batch 32 as well, whereas weights packed for batch 32
 run batch 1 at half speed) and calls ``torch.ops.mkldnn._convolution_pointwise`` with the activation as a
 post-op: the same fused call that inductor's freezing pass emits, without compiling anything. Measured on
-the 2-core AMD Zen 3 (``BENCHMARKS.md``), batch 1: 16.6 ms against 21.7 ms for the unfused folded path
-(1.58× vs 1.21× timm eager); batch 32: 695 vs 742 ms.
+a 2-core AVX2 CPU (AMD Zen 3), batch 1: 16.6 ms against 21.7 ms for the unfused folded path (1.58× vs 1.21×
+timm eager); batch 32: 695 vs 742 ms.
 
 Both are private ``torch.ops.mkldnn`` entry points (the ones inductor uses); :func:`available` checks
 for them and :func:`fuse_convolutions` is skipped where they are missing.

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import Pretrained, atomic_path
+from ..checkpoint import Pretrained
+from ..files import atomic_path
 from .fold import fold_bn
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -82,7 +83,7 @@ def example_input(model: nn.Module, batch: int = 2, seed: int = 0) -> torch.Tens
 
 
 def ort_session(path: str | os.PathLike, threads: int = 2, optimize: bool = True):
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads (benchmarks pin them; see BENCHMARKING.md)."""
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads (benchmarks pin them)."""
     import onnxruntime as ort  # noqa: PLC0415 - optional (deploy extra)
 
     so = ort.SessionOptions()

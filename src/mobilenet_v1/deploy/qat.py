@@ -40,10 +40,9 @@ from torchvision.transforms import v2
 from ..checkpoint import Preprocessing
 from ..layers import ConvBNAct
 from ..preprocess import load_image
-from .bias_correction import rounded_weight, weight_scale
 from .calibration import batches
 from .fold import fold_bn
-from .quantize import WEIGHT_GRIDS, resolve_reduce_range
+from .grids import WEIGHT_GRIDS, resolve_reduce_range, rounded_weight, weight_scale
 
 DEFAULT_STEPS = 200
 DEFAULT_LR = 2e-5  # Adam; large enough to move weights across a rounding step in a few hundred steps

@@ -6,15 +6,13 @@ than its neighbours'. One scale per tensor is then sized for the outlier, and ev
 rounds to zero — Krishnamoorthi 2018 measured 0.1% ImageNet top-1 for per-tensor weights against ~70%
 per-channel. ``per_channel=False`` is kept so the collapse can be shown (tests, benchmarks).
 
-Activations are uint8 (per tensor), weights int8 — the u8×s8 form that VNNI's ``vpdpbusd`` consumes.
-x86 CPUs without VNNI (AVX2-only, e.g. AMD Zen 3) multiply u8×s8 pairs with ``vpmaddubsw``, which adds two
-products into a *saturating* int16: full-range weights overflow it and accuracy drops (measured on Zen 3:
-a trained Fashion-MNIST model lost 2.6 points, Google's ImageNet model agreed on 29% of photos instead of
-~90%). ONNX Runtime's remedy is ``reduce_range`` (7-bit weights); by default it is switched on exactly when
-the CPU doing the quantizing — where the export is checked — has no VNNI (:func:`default_reduce_range`).
-ORT's other remedy is uint8 weights (``weight_type="uint8"``, its U8U8 kernels, which do not saturate): full
-8-bit weights, more accurate than 7-bit ones (Google's model on Zen 3: 90% photo agreement against 85%) and
-slower (batch 32: 264 against 205 ms) — the choice for accuracy first on CPUs without VNNI.
+Activations are uint8 (per tensor), weights int8 — the u8×s8 form that VNNI's ``vpdpbusd`` consumes — with 7-bit
+weights by default on CPUs without VNNI (``grids.py``), or uint8 weights (``weight_type="uint8"``, ORT's U8U8
+kernels, which do not saturate): full 8-bit weights on any CPU, ~1.3× slower there.
+
+The pipeline (:func:`export_int8`): fold BN, round the filters for their outputs (``rounding.py``), correct the
+biases (``bias_correction.py``), optionally fine-tune through a simulation of the int8 graph (``qat.py``), export
+fp32 ONNX and let ORT quantize it (:func:`quantize_onnx`).
 
 The same U8U8 kernels let any x86 CPU *evaluate* a file with full 8-bit int8 weights exactly as a VNNI (or
 ARM) CPU runs it: :func:`exact_int8_session` stores each int8 weight ``q`` as the uint8 ``q + 128`` with zero
@@ -31,18 +29,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from ..checkpoint import atomic_path
+from ..checkpoint import Preprocessing
+from ..files import atomic_path
+from .bias_correction import bias_correct
+from .calibration import batches, calibration_reader, list_images
+from .grids import resolve_reduce_range
 from .onnx_export import INPUT_NAME, META_PREFIX, OUTPUT_NAME, export_onnx, ort_session
+from .qat import DEFAULT_LR, qat_finetune, widen_filters_for_int32_biases
+from .rounding import round_weights
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-# The integer grids ONNX Runtime rounds symmetric weights to (quant_utils.get_qmin_qmax_for_qType), by
-# weight type and reduce_range. uint8 weights sit around a zero point of 128 (64 with reduce_range). ORT's own
-# default for uint8 weights is asymmetric: this holds because quantize_onnx below passes WeightSymmetric=True.
-WEIGHT_GRIDS = {("int8", False): (-127, 127), ("int8", True): (-64, 64),
-                ("uint8", False): (0, 255), ("uint8", True): (0, 127)}  # fmt: skip
-DTYPE_RANGES = {"int8": (-128, 127), "uint8": (0, 255)}  # ORT clips the rounded values to these
-WEIGHT_TYPES = tuple(DTYPE_RANGES)
 # The classifier stays float: quantizing its output puts 1000 logits on 256 levels, so near-ties round to
 # equal values and top-1 flips; it is 0.18% of the Mult-Adds (Table 2), so keeping it costs nothing.
 KEEP_FLOAT = ("Gemm",)
@@ -68,26 +66,6 @@ class QuantizeReport:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
-
-
-def default_reduce_range() -> bool:
-    """True on x86 CPUs without VNNI, whose saturating u8×s8 dot product needs 7-bit weights (see above)."""
-    import platform  # noqa: PLC0415
-
-    from .inference import vnni_supported  # noqa: PLC0415
-
-    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
-        return False  # ARM's dot-product instructions accumulate in int32: no saturation
-    return not vnni_supported()
-
-
-def resolve_reduce_range(reduce_range: bool | None, weight_type: str) -> bool:
-    """``reduce_range`` as given, or for None the default for ``weight_type`` on this CPU."""
-    if weight_type not in WEIGHT_TYPES:
-        raise ValueError(f"weight type must be one of {', '.join(WEIGHT_TYPES)}; got {weight_type!r}")
-    if reduce_range is None:  # only u8×s8 saturates; u8×u8 widens to int16 before multiplying
-        return default_reduce_range() if weight_type == "int8" else False
-    return reduce_range
 
 
 def as_uint8_weights(proto):
@@ -232,10 +210,6 @@ def export_int8(
     calibration images (``qat.py``; ``qat_lr``: its Adam learning rate). ``reduce_range`` and
     ``weight_type``: see :func:`quantize_onnx`.
     """
-    from ..checkpoint import Preprocessing  # noqa: PLC0415
-    from .bias_correction import bias_correct  # noqa: PLC0415
-    from .calibration import batches, calibration_reader, list_images  # noqa: PLC0415
-
     info = getattr(model, "pretrained", None)
     pre = info.preprocessing if info is not None else Preprocessing(input_size=model.config.resolution)
     sources = list_images(calibration) if isinstance(calibration, (str, os.PathLike)) else list(calibration)
@@ -250,8 +224,6 @@ def export_int8(
     if bias_correction or optimal_rounding:
         images = np.concatenate(list(batches(sources[:BIAS_CORRECTION_IMAGES], pre)))
     if optimal_rounding:
-        from .rounding import round_weights  # noqa: PLC0415
-
         source, notes["optimal_rounding"] = round_weights(source, images, reduce_range, weight_type,
                                                            dense=rounding == "all")  # fmt: skip
     if bias_correction:
@@ -259,17 +231,11 @@ def export_int8(
                               weight_type=weight_type)  # fmt: skip
     calibration_sources = sources[:limit] if limit else sources
     if qat_steps:
-        from .qat import DEFAULT_LR, qat_finetune  # noqa: PLC0415
-
         source, qat = qat_finetune(model, calibration_sources, pre, steps=qat_steps, lr=qat_lr or DEFAULT_LR,
                                    per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type,
                                    start=source)  # fmt: skip
         notes["qat"] = qat.to_dict()
     if weight_type == "uint8":  # last: ORT would clip int32 biases it cannot fit for uint8 weights (qat.py)
-        import torch  # noqa: PLC0415
-
-        from .qat import widen_filters_for_int32_biases  # noqa: PLC0415
-
         inputs = torch.from_numpy(np.concatenate(list(batches(calibration_sources, pre))))
         source, notes["widened_filters"] = widen_filters_for_int32_biases(source, inputs, per_channel, reduce_range,
                                                                           weight_type)  # fmt: skip

@@ -1,4 +1,4 @@
-"""Real images that ship with installed packages, for calibration and accuracy checks without a network.
+"""Real images for the tests and benchmarks, from installed packages, without a network.
 
 - Fashion-MNIST's IDX files from Debian's ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``);
 - photographs bundled with scikit-image (``skimage.data``), scikit-learn (``load_sample_images``) and
@@ -29,7 +29,7 @@ def fashion_mnist(split: str = "test", root: str | os.PathLike = FASHION_MNIST_D
     """(images uint8 N×28×28, labels int64 N) of the ``train`` or ``test`` split (torchvision's reader)."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
-    from ..data import fashion_mnist as dataset  # noqa: PLC0415 - torchvision only when asked
+    from mobilenet_v1.data import fashion_mnist as dataset  # noqa: PLC0415
 
     ds = dataset(root, train=split == "train")
     return ds.data.numpy(), ds.targets.numpy().astype(np.int64)
@@ -50,7 +50,7 @@ def photos() -> list[np.ndarray]:
 
 def gcompris_photos() -> list[Image.Image]:
     """The 219 photographs of ``debian_photos`` (animals, household objects, tools, fish, monuments...), RGB."""
-    from .debian_photos import load  # noqa: PLC0415
+    from debian_photos import load  # noqa: PLC0415
 
     return [Image.open(io.BytesIO(data)).convert("RGB") for _, data in load()]
 

@@ -6,7 +6,7 @@ tools, fish, windmills and dams, monuments — close to ImageNet's classes, unli
 among the photos bundled with scikit-image. :func:`load` downloads the ``.deb`` once with ``apt-get
 download`` (the machine's own Debian sources; run ``apt-get update`` first on a fresh machine), checks its
 SHA-256, reads the bundles straight out of the package (no ``dpkg`` install, no Qt) and checks every photo's
-SHA-256 against ``data/gcompris_photos.tsv`` — the list was chosen by eye for being photographs (drawings,
+SHA-256 against ``tests/data/gcompris_photos.tsv`` — the list was chosen by eye for being photographs (drawings,
 renders and near-duplicates left out) before any model saw them.
 """
 
@@ -22,10 +22,9 @@ import tarfile
 import tempfile
 import zlib
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
-from ..pretrained import cache_dir, sha256_of
+from mobilenet_v1.files import cache_dir, sha256_of
 
 PACKAGE = "gcompris-qt-data"
 VERSION = "3.1-2"
@@ -36,7 +35,7 @@ RCC_DIR = "./usr/share/gcompris-qt/rcc/"
 
 def manifest() -> list[tuple[str, str, str]]:
     """(bundle, resource path, SHA-256) of each photo, in the set's fixed order."""
-    text = resources.files("mobilenet_v1").joinpath("data/gcompris_photos.tsv").read_text()
+    text = (Path(__file__).parent / "data" / "gcompris_photos.tsv").read_text()
     rows = [line.split("\t") for line in text.splitlines() if line and not line.startswith("#")]
     return [(bundle, path, sha) for bundle, path, sha in rows]
 
