@@ -68,14 +68,6 @@ def all_gather_objects(info: DistInfo, obj) -> list:
     return out
 
 
-def broadcast_object(info: DistInfo, obj):
-    if not info.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

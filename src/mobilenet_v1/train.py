@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -27,76 +27,9 @@ from .distributed import DistInfo, all_gather_objects, all_sum, average_buffers,
 from .evaluate import Metrics, autocast, evaluate, for_evaluation, resolve_precision
 from .files import write_json
 from .model import MobileNetV1, ModelConfig
-from .preprocess import default_preprocessing, erasing_probability, train_transform
+from .preprocess import default_preprocessing, train_transform
 from .recipes import EMA, Recipe, build_optimizer, get_recipe, lr_at
-
-
-@dataclass
-class TrainConfig:
-    out_dir: str
-    model: ModelConfig = field(default_factory=ModelConfig)
-    dataset: str = "fashion-mnist"  # or "folder" (ImageFolder tree with train/ and val/)
-    data: str | None = None  # default for fashion-mnist: where Debian's package puts it
-    preset: str = "small"  # "small" (28–64 px data) or "inception" (the paper's ImageNet preprocessing)
-    recipe: str = "fast"
-    epochs: int = 10
-    batch_size: int = 128  # per process; the global batch is batch_size × world size
-    accum_steps: int = 1  # split each batch into this many interleaved micro-batches (gradient accumulation)
-    lr: float | None = None  # default: the recipe's, scaled linearly with the global batch
-    weight_decay: float | None = None  # default: the recipe's
-    label_smoothing: float | None = None  # default: the recipe's
-    ema_decay: float | None = None  # default: the recipe's; 0 turns the weight EMA off
-    workers: int = 2
-    seed: int = 0
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 with loss scaling)
-    channels_last: bool = True
-    compile: bool = False
-    fused_kernels: bool = True  # CPU: the conv-BN-ReLU blocks on compiled kernels (mobilenet_v1.kernels)
-    sync_bn: bool = False  # SyncBatchNorm (GPU only in PyTorch)
-    augment: bool = True
-    random_erasing: float | None = None  # probability; default: the preset's (small 0.25, inception 0)
-    train_subset: int | None = None
-    val_subset: int | None = None
-    max_steps_per_epoch: int | None = None  # short runs (tests, smoke checks)
-    init: str | None = None  # fine-tune from weights (a run/converted dir, or any format `convert` reads)
-    freeze_features: bool = False  # linear probe: train the classifier only
-    tensorboard: bool = False
-    progress: bool = True
-    device: str = "auto"
-
-    def __post_init__(self):
-        for name, low in (("epochs", 1), ("batch_size", 1), ("accum_steps", 1), ("workers", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if self.accum_steps > self.batch_size:
-            raise ValueError(f"accum_steps ({self.accum_steps}) must not exceed batch_size ({self.batch_size})")
-        erasing_probability(self.preset, self.random_erasing)  # a bad probability fails before anything is written
-        get_recipe(self.recipe)  # an unknown recipe fails here, before anything is written
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["model"] = self.model.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        d = dict(d)
-        d["model"] = ModelConfig.from_dict(d.get("model", {}))
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
-
-
-@dataclass
-class TrainResult:
-    run_dir: str
-    epochs: int
-    best_top1: float
-    final: Metrics
-    seconds: float
-    rank_checksums: list[str]  # SHA-256 of every rank's parameters: DDP keeps them identical
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
+from .train_config import TrainConfig, TrainResult
 
 
 def _checksum(model: nn.Module) -> str:
@@ -174,7 +107,55 @@ def _recipe(cfg: TrainConfig) -> Recipe:
     return replace(get_recipe(cfg.recipe), **overrides)
 
 
+@dataclass
+class _Run:
+    """What one training process holds, built by :func:`_start` and advanced epoch by epoch."""
+
+    cfg: TrainConfig
+    info: DistInfo
+    run_dir: Path
+    recipe: Recipe
+    precision: str
+    names: list[str]
+    train_loader: object
+    val_loader: object
+    model: MobileNetV1  # the parameters being trained
+    eval_model: MobileNetV1  # a copy that receives the weights (or their EMA) to evaluate and save
+    net: nn.Module  # model as the step runs it: with kernels, SyncBatchNorm, DDP, torch.compile as asked
+    optimizer: torch.optim.Optimizer
+    ema: EMA | None
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    base_lr: float
+    steps_per_epoch: int
+    memory_format: torch.memory_format
+    info_out: Pretrained
+    writer: object
+    start_epoch: int = 0
+    step: int = 0
+    lr: float = 0.0
+    best: float = -1.0
+    history: list[dict] = field(default_factory=list)
+
+
 def _train(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainResult:
+    run = _start(cfg, info, resume)
+    started = time.perf_counter()
+    final = None
+    for epoch in range(run.start_epoch, run.cfg.epochs):
+        sums, seconds = _train_epoch(run, epoch)
+        final = _finish_epoch(run, epoch, sums, seconds)
+    if final is None:  # resumed a finished run: report its weights
+        final = _validate(run)
+    checksums = all_gather_objects(info, _checksum(run.model))
+    if run.writer:
+        run.writer.close()
+    return TrainResult(str(run.run_dir), run.cfg.epochs, run.best, final, time.perf_counter() - started, checksums)
+
+
+def _start(cfg: TrainConfig, info: DistInfo, resume: bool) -> _Run:
+    """Check the run directory, seed, build data, model, optimizer and the step's wrappers, and restore the state
+    of a resumed run — in the order that makes a resumed run continue bit for bit."""
     run_dir = Path(cfg.out_dir)
     if resume:
         read_config(run_dir)  # a clear error if this is not a run directory
@@ -196,27 +177,42 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainResult:
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     eval_model = MobileNetV1(config=model.config).to(info.device, memory_format=memory_format)
-    world_batch = cfg.batch_size * info.world
-    base_lr = cfg.lr if cfg.lr is not None else recipe.lr * world_batch / recipe.base_batch
+    base_lr = cfg.lr if cfg.lr is not None else recipe.lr * cfg.batch_size * info.world / recipe.base_batch
     optimizer = build_optimizer(model, recipe, base_lr, loss_scaling=precision == "fp16")
-    ema = EMA(model, recipe.ema_decay) if recipe.ema_decay else None
-    # fp16 gradients underflow without loss scaling; for other precisions the scaler passes everything through
-    scaler = torch.amp.GradScaler(info.device.type, enabled=precision == "fp16")
     steps_per_epoch = len(train_loader)
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
-    total_steps = steps_per_epoch * cfg.epochs
-    start_epoch, step, best, history = 0, 0, -1.0, []
-    state = rundir.load_state(run_dir) if resume and (run_dir / rundir.STATE_NAME).exists() else None
-    if state:  # else: killed before the first checkpoint, so start over
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema:
-            ema.state, ema.updates = state["ema"], state["ema_updates"]
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, step, best = state["epoch"], state["step"], state["best_top1"]
-        history = state["history"]
+    run = _Run(
+        cfg, info, run_dir, recipe, precision, names, train_loader, val_loader, model, eval_model, model, optimizer,
+        EMA(model, recipe.ema_decay) if recipe.ema_decay else None,
+        # fp16 gradients underflow without loss scaling; for other precisions the scaler passes everything through
+        torch.amp.GradScaler(info.device.type, enabled=precision == "fp16"),
+        nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing), base_lr, steps_per_epoch, memory_format,
+        Pretrained(model.config, pre, names, 0, {"trained_with": cfg.to_dict()}), None, lr=base_lr,
+    )  # fmt: skip
+    if resume and (run_dir / rundir.STATE_NAME).exists():  # else: killed before the first checkpoint: start over
+        _restore(run, rundir.load_state(run_dir))
+    run.net = _wrap(model, cfg, info)
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_config(run_dir, run.info_out, cfg)
+    run.writer = _tensorboard(run_dir, cfg, info)
+    return run
+
+
+def _restore(run: _Run, state: dict) -> None:
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.ema:
+        run.ema.state, run.ema.updates = state["ema"], state["ema_updates"]
+    if state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    run.start_epoch, run.step, run.best = state["epoch"], state["step"], state["best_top1"]
+    run.history = state["history"]
+
+
+def _wrap(model: MobileNetV1, cfg: TrainConfig, info: DistInfo) -> nn.Module:
+    """The model as the training step runs it: the CPU kernels, SyncBatchNorm, DDP and torch.compile, as asked."""
     if info.device.type == "cpu" and cfg.fused_kernels and not cfg.compile:
         kernels.enable(model)  # a no-op where the kernels cannot be built (no compiler, not x86-64)
     net: nn.Module = model
@@ -226,96 +222,95 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainResult:
         net = nn.parallel.DistributedDataParallel(
             net, device_ids=[info.local_rank] if info.device.type == "cuda" else None
         )
-    if cfg.compile:
-        net = torch.compile(net)
-    info_out = Pretrained(model.config, pre, names, 0, {"trained_with": cfg.to_dict()})
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_config(run_dir, info_out, cfg)
-    writer = _tensorboard(run_dir, cfg, info)
-    criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    started = time.perf_counter()
-    final, lr = None, base_lr
-    for epoch in range(start_epoch, cfg.epochs):
-        # All randomness of an epoch derives from (seed, epoch, rank): resume reproduces it exactly.
-        data_mod.start_epoch(train_loader, cfg.seed, epoch, info.rank)
-        net.train()
-        if cfg.freeze_features:
-            model.features.eval()  # linear probe: BN statistics stay the pretrained ones
-        sums = [0.0, 0.0, 0.0, 0.0]  # loss·n, correct, n, skipped
-        t0 = time.perf_counter()
-        bar = _progress(cfg, info, epoch, steps_per_epoch)
-        for i, batch in enumerate(train_loader):
-            if i >= steps_per_epoch:
-                break
-            sums[3] += batch.skipped
-            if len(batch.labels):
-                lr = lr_at(recipe, base_lr, step, steps_per_epoch, total_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                x = batch.images.to(info.device, non_blocking=True).contiguous(memory_format=memory_format)
-                y = batch.labels.to(info.device, non_blocking=True)
-                optimizer.zero_grad(set_to_none=True)
-                loss_sum, correct = _accumulate(net, criterion, x, y, cfg.accum_steps, info, precision, scaler)
-                scaler.step(optimizer)  # optimizer.step() on unscaled gradients; skipped if fp16 overflowed
-                scaler.update()
-                if ema:
-                    ema.update(model)
-                sums[0] += loss_sum
-                sums[1] += correct
-                sums[2] += len(y)
-            step += 1
-            if bar is not None:
-                elapsed = time.perf_counter() - t0
-                bar.update(1)
-                bar.set_postfix(
-                    loss=f"{sums[0] / max(1, sums[2]):.3f}",
-                    acc=f"{100 * sums[1] / max(1, sums[2]):.1f}",
-                    img_s=f"{sums[2] * info.world / max(elapsed, 1e-9):.0f}",
-                )
+    return torch.compile(net) if cfg.compile else net
+
+
+def _train_epoch(run: _Run, epoch: int) -> tuple[list[float], float]:
+    """One pass over the training data; returns the sums [loss·n, correct, n, skipped] and the seconds taken."""
+    cfg, info = run.cfg, run.info
+    # All randomness of an epoch derives from (seed, epoch, rank): resume reproduces it exactly.
+    data_mod.start_epoch(run.train_loader, cfg.seed, epoch, info.rank)
+    run.net.train()
+    if cfg.freeze_features:
+        run.model.features.eval()  # linear probe: BN statistics stay the pretrained ones
+    sums = [0.0, 0.0, 0.0, 0.0]  # loss·n, correct, n, skipped
+    t0 = time.perf_counter()
+    bar = _progress(cfg, info, epoch, run.steps_per_epoch)
+    total_steps = run.steps_per_epoch * cfg.epochs
+    for i, batch in enumerate(run.train_loader):
+        if i >= run.steps_per_epoch:
+            break
+        sums[3] += batch.skipped
+        if len(batch.labels):
+            run.lr = lr_at(run.recipe, run.base_lr, run.step, run.steps_per_epoch, total_steps)
+            for group in run.optimizer.param_groups:
+                group["lr"] = run.lr
+            x = batch.images.to(info.device, non_blocking=True).contiguous(memory_format=run.memory_format)
+            y = batch.labels.to(info.device, non_blocking=True)
+            run.optimizer.zero_grad(set_to_none=True)
+            loss_sum, correct = _accumulate(run.net, run.criterion, x, y, cfg.accum_steps, info, run.precision,
+                                            run.scaler)  # fmt: skip
+            run.scaler.step(run.optimizer)  # optimizer.step() on unscaled gradients; skipped if fp16 overflowed
+            run.scaler.update()
+            if run.ema:
+                run.ema.update(run.model)
+            sums[0] += loss_sum
+            sums[1] += correct
+            sums[2] += len(y)
+        run.step += 1
         if bar is not None:
-            bar.close()
-        seconds = time.perf_counter() - t0
-        loss_sum, correct, seen, skipped = all_sum(info, sums)
-        average_buffers(info, model)
-        if ema:  # the EMA copied each rank's own statistics; take the averaged ones
-            ema.state.update({k: v.detach().float().clone() for k, v in model.state_dict().items() if "running_" in k})
-        eval_model.load_state_dict(ema.state if ema else model.state_dict())
-        final = _evaluate(eval_model, val_loader, names, info, precision, cfg.channels_last)
-        row = {
-            "epoch": epoch + 1,
-            "step": step,
-            "lr": f"{lr:.6g}",
-            "train_loss": f"{loss_sum / max(1, seen):.5f}",
-            "train_top1": f"{100 * correct / max(1, seen):.3f}",
-            "val_loss": f"{final.loss:.5f}",
-            "val_top1": f"{final.top1:.3f}",
-            "val_top5": f"{final.top5:.3f}",
-            "images_per_s": f"{seen / seconds:.1f}",
-            "epoch_seconds": f"{seconds:.1f}",
-            "skipped": int(skipped),
-        }
-        history.append(row)
-        if info.is_main:
-            best = _save_epoch(
-                run_dir, cfg, eval_model, info_out, model, optimizer, scaler, ema, epoch, step, best, final, history
+            elapsed = time.perf_counter() - t0
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{sums[0] / max(1, sums[2]):.3f}",
+                acc=f"{100 * sums[1] / max(1, sums[2]):.1f}",
+                img_s=f"{sums[2] * info.world / max(elapsed, 1e-9):.0f}",
             )
-            if writer:
-                for k in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "images_per_s"):
-                    writer.add_scalar(k, float(row[k]), epoch + 1)
-            if cfg.progress:
-                print(
-                    f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k}={row[k]}" for k in METRIC_SHOWN), flush=True
-                )
-        best = float(all_sum(info, [best if info.is_main else 0.0])[0])
-        barrier(info)
-    if final is None:  # resumed a finished run: report its weights
-        eval_model.load_state_dict(ema.state if ema else model.state_dict())
-        final = _evaluate(eval_model, val_loader, names, info, precision, cfg.channels_last)
-    checksums = all_gather_objects(info, _checksum(model))
-    if writer:
-        writer.close()
-    return TrainResult(str(run_dir), cfg.epochs, best, final, time.perf_counter() - started, checksums)
+    if bar is not None:
+        bar.close()
+    return sums, time.perf_counter() - t0
+
+
+def _validate(run: _Run) -> Metrics:
+    """The trained weights (or their EMA) evaluated on the validation split."""
+    run.eval_model.load_state_dict(run.ema.state if run.ema else run.model.state_dict())
+    return _evaluate(run.eval_model, run.val_loader, run.names, run.info, run.precision, run.cfg.channels_last)
+
+
+def _finish_epoch(run: _Run, epoch: int, sums: list[float], seconds: float) -> Metrics:
+    """Average over ranks, evaluate, record the epoch, checkpoint (rank 0); returns the validation metrics."""
+    cfg, info = run.cfg, run.info
+    loss_sum, correct, seen, skipped = all_sum(info, sums)
+    average_buffers(info, run.model)
+    if run.ema:  # the EMA copied each rank's own statistics; take the averaged ones
+        run.ema.state.update(
+            {k: v.detach().float().clone() for k, v in run.model.state_dict().items() if "running_" in k}
+        )
+    final = _validate(run)
+    row = {
+        "epoch": epoch + 1,
+        "step": run.step,
+        "lr": f"{run.lr:.6g}",
+        "train_loss": f"{loss_sum / max(1, seen):.5f}",
+        "train_top1": f"{100 * correct / max(1, seen):.3f}",
+        "val_loss": f"{final.loss:.5f}",
+        "val_top1": f"{final.top1:.3f}",
+        "val_top5": f"{final.top5:.3f}",
+        "images_per_s": f"{seen / seconds:.1f}",
+        "epoch_seconds": f"{seconds:.1f}",
+        "skipped": int(skipped),
+    }
+    run.history.append(row)
+    if info.is_main:
+        run.best = _save_epoch(run, epoch, final)
+        if run.writer:
+            for k in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "images_per_s"):
+                run.writer.add_scalar(k, float(row[k]), epoch + 1)
+        if cfg.progress:
+            print(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k}={row[k]}" for k in METRIC_SHOWN), flush=True)
+    run.best = float(all_sum(info, [run.best if info.is_main else 0.0])[0])
+    barrier(info)
+    return final
 
 
 METRIC_SHOWN = ("train_loss", "train_top1", "val_top1", "val_top5", "images_per_s", "epoch_seconds")
@@ -348,32 +343,31 @@ def _evaluate(eval_model, val_loader, names, info: DistInfo, precision: str, cha
     return evaluate(net, val_loader, names, info, autocast_precision, channels_last)
 
 
-def _save_epoch(run_dir, cfg, eval_model, info_out, model, optimizer, scaler, ema, epoch, step, best, metrics, history):
-    """Weights first, then the state that points at them, then what is derived from the state.
-
-    A kill at any point leaves the previous epoch's complete checkpoint or this one's.
-    """
-    save_weights(eval_model.state_dict(), run_dir / rundir.LAST_NAME)
+def _save_epoch(run: _Run, epoch: int, metrics: Metrics) -> float:
+    """Weights first, then the state that points at them, then what is derived from the state; returns the best
+    validation top-1 so far. A kill at any point leaves the previous epoch's complete checkpoint or this one's."""
+    run_dir, best = run.run_dir, run.best
+    save_weights(run.eval_model.state_dict(), run_dir / rundir.LAST_NAME)
     if metrics.top1 > best:
         best = metrics.top1
-        save_weights(eval_model.state_dict(), run_dir / WEIGHTS_NAME)
-        info_out.source = {**info_out.source, "epoch": epoch + 1, "val_top1": metrics.top1}
-        _write_config(run_dir, info_out, cfg)
+        save_weights(run.eval_model.state_dict(), run_dir / WEIGHTS_NAME)
+        run.info_out.source = {**run.info_out.source, "epoch": epoch + 1, "val_top1": metrics.top1}
+        _write_config(run_dir, run.info_out, run.cfg)
     state = {
         "epoch": epoch + 1,
-        "step": step,
+        "step": run.step,
         "best_top1": best,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),  # empty unless fp16
-        "ema": ema.state if ema else {},
-        "ema_updates": ema.updates if ema else 0,
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict(),  # empty unless fp16
+        "ema": run.ema.state if run.ema else {},
+        "ema_updates": run.ema.updates if run.ema else 0,
         "rng": torch.get_rng_state(),
-        "history": history,
+        "history": run.history,
     }
     rundir.save_state(run_dir, state)
-    rundir.write_metrics(run_dir, history)  # derived from the state, so a kill here loses nothing
-    rundir.plot_curves(run_dir, history)
+    rundir.write_metrics(run_dir, run.history)  # derived from the state, so a kill here loses nothing
+    rundir.plot_curves(run_dir, run.history)
     return best
 
 

@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=6, help="interleaved rounds (default 6)")
     p.add_argument("--iters", type=int, default=5, help="timed iterations per round (default 5)")
     p.add_argument("--calibration",
-                   help="image directory for int8 calibration (default: synthetic images; speed does not depend on them)")
+                   help="image directory for int8 calibration (default: synthetic images; timing needs no real ones)")
     p.add_argument("--grid", action="store_true", help="also time the paper's 16 α × resolution models")
     p.add_argument("--grid-backends", default="inference", help="backends for --grid (default inference)")
     p.add_argument("--plot", default="bench_grid.png", help="PNG for --grid (default bench_grid.png)")
