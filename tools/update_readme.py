@@ -148,8 +148,17 @@ def cli_reference() -> str:
         actions = [a for a in sub._actions if not isinstance(a, argparse._HelpAction)]
         usage = ["mobilenet-v1", command]
         usage += [_option(a) for a in actions if not a.option_strings]
-        usage += [f"{a.option_strings[0]} {a.metavar or a.dest.upper()}" for a in actions if a.option_strings and a.required]
-        out += [f"### `mobilenet-v1 {command}`", "", f"{COMMANDS[command]}.", "", "```", " ".join(usage + ["[options]"])]
+        usage += [
+            f"{a.option_strings[0]} {a.metavar or a.dest.upper()}" for a in actions if a.option_strings and a.required
+        ]
+        out += [
+            f"### `mobilenet-v1 {command}`",
+            "",
+            f"{COMMANDS[command]}.",
+            "",
+            "```",
+            " ".join(usage + ["[options]"]),
+        ]
         out += ["```", ""]
         out += ["| argument / option | default | what |", "|---|---|---|"]
         for group in sub._action_groups:
