@@ -13,6 +13,8 @@ import argparse
 import shlex
 import sys
 
+from peers import register_peers  # benchmarks/peers.py
+
 from mobilenet_v1.bench import BACKENDS, BenchOptions, run_bench
 from mobilenet_v1.bench.report import markdown
 from mobilenet_v1.files import atomic_path
@@ -67,6 +69,7 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--omp-wait-policy", choices=("PASSIVE", "ACTIVE"), default=None)
     args = p.parse_args(argv)
+    register_peers()
     backends = [b for b in args.backends.split(",") if b in BACKENDS]
     command = "python benchmarks/inference_peers.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     report = run_bench(BenchOptions(backends=backends, batches=[int(b) for b in args.batch.split(",")],

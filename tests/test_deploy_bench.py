@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -45,7 +46,13 @@ def test_smoke_bench_report_values(tmp_path):
     assert "| ort-int8 | int8 | 1 |" in markdown(report)
 
 
-def test_unavailable_backend_is_skipped_with_its_reason():
+def test_unavailable_backend_is_skipped_with_its_reason(monkeypatch):
+    """A registered backend (benchmarks/peers.py's timm peer, built by name in the worker) that cannot build for
+    this model is skipped with the worker's reason; the others are timed."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from peers import register_peers  # noqa: PLC0415
+
+    assert "timm-eager" in register_peers()
     report = run_bench(BenchOptions(width_multiplier=0.5, resolution=64, batches=[1], rounds=1, iters=1,
                                     backends=["eager", "timm-eager"]))  # fmt: skip
     assert [t.backend for t in report.timings] == ["eager"]

@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .distributed import DistInfo, all_sum
+from .files import atomic_path
 
 
 @dataclass
@@ -133,7 +134,6 @@ def plot_confusion(metrics: Metrics, path: str | os.PathLike) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .files import atomic_path
 
     cm = torch.tensor(metrics.confusion, dtype=torch.float64)
     cm = cm / cm.sum(1, keepdim=True).clamp_min(1)

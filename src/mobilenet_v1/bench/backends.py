@@ -1,4 +1,4 @@
-"""Inference backends, ours and the peers', each built inside its own worker process.
+"""Inference backends, each built inside its own worker process: ours here, others through :func:`register`.
 
 A backend turns a prepared :class:`Job` (model config or directory, exported ONNX files) into a
 zero-argument callable that runs one batch; everything outside that call (input creation, layout,
@@ -7,23 +7,28 @@ session set-up, compilation) happens once, during warm-up.
 
 from __future__ import annotations
 
-import os
+import importlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
-TIMM_NAME = "mobilenetv1_100"  # timm's MobileNet-V1 at α = 1 (the peer), built without pretrained weights
+from ..checkpoint import from_pretrained
+from ..deploy.fold import fold_bn
+from ..deploy.inference import optimize_for_inference
+from ..deploy.onnx_export import ort_session
+from ..model import MobileNetV1, ModelConfig
 
 
 @dataclass(frozen=True)
 class Backend:
     name: str
     precision: str
-    needs: tuple[str, ...] = ()  # artifacts: onnx, int8, int8_uint8, timm_onnx, timm_int8
+    needs: tuple[str, ...] = ()  # artifacts the runner exports first: onnx, int8, int8_uint8
     requires: tuple[str, ...] = ()  # importable modules
     peer: bool = False
     note: str = ""
     default: bool = True  # part of `mobilenet-v1 bench`'s default set (candidates are asked for by name)
+    builder: str | None = None  # "module:function" building it, for backends defined outside this package
 
 
 BACKENDS = {b.name: b for b in [
@@ -45,32 +50,27 @@ BACKENDS = {b.name: b for b in [
     Backend("openvino-fp32", "fp32", ("onnx",), ("openvino",), note="our ONNX, INFERENCE_PRECISION_HINT=f32"),
     Backend("openvino-bf16", "bf16", ("onnx",), ("openvino",), note="our ONNX, INFERENCE_PRECISION_HINT=bf16"),
     Backend("openvino-int8", "int8", ("int8",), ("openvino",), note="our QDQ int8 ONNX, float parts f32"),
-    Backend("timm-eager", "fp32", (), ("timm",), True, f"timm {TIMM_NAME}, eval, NCHW, inference_mode"),
-    Backend("timm-eager-tuned", "fp32", (), ("timm",), True,
-            "timm eager with the malloc tuning our inference path applies (MALLOC_* variables' effect)"),
-    Backend("timm-compile", "fp32", (), ("timm",), True, "timm, channels_last + torch.compile (freezing)"),
-    Backend("timm-ort-fp32", "fp32", ("timm_onnx",), ("timm", "onnxruntime"), True, "timm → ONNX → ORT"),
-    Backend("timm-ort-int8", "int8", ("timm_int8",), ("timm", "onnxruntime"), True,
-            "timm → ONNX → ORT static QDQ int8, same recipe"),
-    Backend("timm-openvino-fp32", "fp32", ("timm_onnx",), ("timm", "openvino"), True, "timm → ONNX → OpenVINO f32"),
-    Backend("timm-openvino-bf16", "bf16", ("timm_onnx",), ("timm", "openvino"), True, "timm → ONNX → OpenVINO bf16"),
-    Backend("timm-openvino-int8", "int8", ("timm_int8",), ("timm", "openvino"), True,
-            "timm → ONNX → ORT QDQ int8 → OpenVINO"),
-    Backend("keras-torch", "fp32", (), ("keras",), True, "keras.applications.MobileNet, KERAS_BACKEND=torch"),
 ]}  # fmt: skip
 
 DEFAULT_BACKENDS = [n for n, b in BACKENDS.items() if not b.peer and b.default]
-PEER_BACKENDS = [n for n, b in BACKENDS.items() if b.peer]
+
+
+def register(backend: Backend) -> None:
+    """Add a backend defined elsewhere (its ``builder``, importable in the worker processes, builds it): the
+    peers that ``benchmarks/inference_peers.py`` times beside ours are registered so."""
+    if backend.builder is None or ":" not in backend.builder:
+        raise ValueError(f"backend {backend.name!r} needs builder='module:function'")
+    BACKENDS[backend.name] = backend
 
 
 @dataclass
 class Job:
     """What a worker needs to build one backend for one model (picklable: crosses a process boundary)."""
-
     backend: str
     config: dict  # ModelConfig.to_dict()
     model_dir: str | None = None
     files: dict[str, str] = field(default_factory=dict)  # artifact name -> path
+    builder: str | None = None  # Backend.builder: a registered backend is built by it in the worker
 
 
 def check_backends(names: list[str]) -> None:
@@ -87,20 +87,9 @@ def missing_module(backend: str) -> str | None:
 
 
 def _our_model(job: Job):
-    from ..checkpoint import from_pretrained  # noqa: PLC0415
-    from ..model import MobileNetV1, ModelConfig  # noqa: PLC0415
-
     if job.model_dir:
         return from_pretrained(job.model_dir)
     return MobileNetV1(config=ModelConfig.from_dict(job.config)).eval()
-
-
-def _timm_model(job: Job):
-    import timm  # noqa: PLC0415
-
-    if job.config.get("width_multiplier") != 1.0:
-        raise ValueError(f"the timm peer ({TIMM_NAME}) exists at alpha 1.0 only")
-    return timm.create_model(TIMM_NAME, pretrained=False, num_classes=job.config.get("num_classes", 1000)).eval()
 
 
 def _torch_runner(module, x):
@@ -113,20 +102,10 @@ def _torch_runner(module, x):
     return run
 
 
-def _compiled(module, channels_last: bool = True):
-    import torch  # noqa: PLC0415
-
-    if channels_last:
-        module = module.to(memory_format=torch.channels_last)
-    return torch.compile(module, options={"freezing": True})
-
-
 def _mkldnn_runner(model, x, dtype):
     """oneDNN's own tensor layout end to end: weights reordered once, activations never leave blocked form."""
     import torch  # noqa: PLC0415
     from torch.utils.mkldnn import to_mkldnn  # noqa: PLC0415
-
-    from ..deploy.fold import fold_bn  # noqa: PLC0415
 
     module = to_mkldnn(fold_bn(model).eval(), dtype)
 
@@ -158,11 +137,12 @@ def build(job: Job, batch: int, threads: int):  # noqa: PLR0911 - one return per
     name, cfg = job.backend, job.config
     shape = (batch, cfg.get("in_chans", 3), cfg["resolution"], cfg["resolution"])
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(batch))
+    if job.builder:
+        module, function = job.builder.split(":")
+        return getattr(importlib.import_module(module), function)(job, x, threads)
     if name == "eager":
         return _torch_runner(_our_model(job), x)
     if name.startswith("inference"):
-        from ..deploy.inference import optimize_for_inference  # noqa: PLC0415
-
         precision = "bf16" if "bf16" in name else "fp32"
         fast = optimize_for_inference(
             _our_model(job), precision=precision, compile=name.endswith("compile"),
@@ -171,44 +151,11 @@ def build(job: Job, batch: int, threads: int):  # noqa: PLR0911 - one return per
         return lambda: fast(x)
     if name.startswith("mkldnn"):
         return _mkldnn_runner(_our_model(job), x, torch.bfloat16 if name.endswith("bf16") else torch.float32)
-    if name.startswith("timm-eager"):
-        if name.endswith("tuned"):
-            from ..allocator import keep_freed_memory  # noqa: PLC0415
-
-            if not keep_freed_memory():
-                raise RuntimeError("malloc tuning needs glibc (Linux)")
-        return _torch_runner(_timm_model(job), x)
-    if name == "timm-compile":
-        return _torch_runner(_compiled(_timm_model(job)), x.to(memory_format=torch.channels_last))
-    if name == "keras-torch":
-        return _keras_runner(cfg, x)
     key = next(iter(BACKENDS[name].needs))
     path = job.files[key]
-    if name.startswith(("ort-", "timm-ort-")):
-        from ..deploy.onnx_export import ort_session  # noqa: PLC0415
-
+    if name.startswith("ort-"):
         session, feed = ort_session(path, threads), {"input": x.numpy()}
         input_name = session.get_inputs()[0].name
         return lambda: session.run(None, {input_name: feed["input"]})
     hint = "bf16" if name.endswith("bf16") else "f32"
     return _openvino_runner(path, hint, threads, x.numpy())
-
-
-def _keras_runner(cfg: dict, x):
-    os.environ["KERAS_BACKEND"] = "torch"  # must precede the first keras import in this (worker) process
-    import keras  # noqa: PLC0415
-    import torch  # noqa: PLC0415
-
-    if keras.backend.backend() != "torch":
-        raise ValueError(f"keras already imported with the {keras.backend.backend()} backend")
-    r = cfg["resolution"]
-    model = keras.applications.MobileNet(
-        input_shape=(r, r, 3), alpha=cfg["width_multiplier"], weights=None, classes=cfg.get("num_classes", 1000)
-    )
-    nhwc = x.permute(0, 2, 3, 1).contiguous()  # Keras is channels-last by convention
-
-    def run():
-        with torch.inference_mode():
-            return model(nhwc, training=False)
-
-    return run

@@ -13,8 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checkpoint import Preprocessing
 from ..cost import cost_of
+from ..deploy.calibration import calibration_reader, synthetic_images
+from ..deploy.onnx_export import export_onnx
+from ..deploy.quantize import quantize_onnx
 from ..files import atomic_path
+from ..model import MobileNetV1
 from ..registry import list_models, model_config
 from .backends import BACKENDS, Job, check_backends, missing_module
 from .results import Grid, GridPoint
@@ -69,23 +74,16 @@ def _files(backend: str, name: str, config, work: Path) -> dict[str, str]:
         return {}
     if needs - {"onnx", "int8"}:
         raise ValueError(f"--grid runs our fp32 models and default int8 exports only; not {backend}")
-    from ..deploy.onnx_export import export_onnx  # noqa: PLC0415
-    from ..model import MobileNetV1  # noqa: PLC0415
 
     fp32 = work / f"{name}.onnx"
     if not fp32.exists():
         export_onnx(MobileNetV1(config=config).eval(), fp32)
     files = {"onnx": str(fp32)}
     if "int8" in needs:
-        from ..checkpoint import Preprocessing  # noqa: PLC0415
-        from ..deploy.calibration import calibration_reader  # noqa: PLC0415
-        from ..deploy.quantize import quantize_onnx  # noqa: PLC0415
-        from .runner import timing_images  # noqa: PLC0415
-
         int8 = work / f"{name}.int8.onnx"
         if not int8.exists():
             pre = Preprocessing(input_size=config.resolution)
-            quantize_onnx(fp32, int8, calibration_reader(timing_images(64, config.resolution), pre))
+            quantize_onnx(fp32, int8, calibration_reader(synthetic_images(64, config.resolution), pre))
         files["int8"] = str(int8)
     return files
 

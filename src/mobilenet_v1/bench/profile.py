@@ -15,25 +15,22 @@ from collections import defaultdict
 import torch
 
 from .. import spec
+from ..checkpoint import from_pretrained
 from ..cost import LAYER_TYPES, cost_of
-from ..model import ModelConfig
+from ..deploy.fold import fold_bn
+from ..model import MobileNetV1, ModelConfig
 from .results import LayerTypeTime, Profile
 
 POOL_LABEL = "Pool"
 
 
 def _model(config: ModelConfig, model_dir: str | None):
-    from ..checkpoint import from_pretrained  # noqa: PLC0415
-    from ..model import MobileNetV1  # noqa: PLC0415
-
     return from_pretrained(model_dir) if model_dir else MobileNetV1(config=config).eval()
 
 
 def profile_layer_types(
     config: ModelConfig, model_dir: str | None = None, batch: int = 1, threads: int = 2, iters: int = 30
 ) -> Profile:
-    from ..deploy.fold import fold_bn  # noqa: PLC0415
-
     torch.set_num_threads(threads)
     model = fold_bn(_model(config, model_dir)).to(memory_format=torch.channels_last)
     report = cost_of(config)

@@ -14,14 +14,20 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..checkpoint import Preprocessing, read_config
 from ..cost import cost_of
+from ..deploy.calibration import calibration_reader, synthetic_images
+from ..deploy.onnx_export import export_onnx
+from ..deploy.quantize import quantize_onnx
 from ..model import ModelConfig
-from .backends import BACKENDS, DEFAULT_BACKENDS, Job, check_backends, missing_module
+from .backends import BACKENDS, DEFAULT_BACKENDS, Job, _our_model, check_backends, missing_module
+from .grid import run_grid
 from .peak import measure_peaks
+from .profile import profile_layer_types
 from .results import BenchReport, Timing
 from .worker import interleave, start_worker, summarize
 
-VERSIONED = ("torch", "torchvision", "onnx", "onnxruntime", "openvino", "timm", "keras", "numpy")
+VERSIONED = ("torch", "torchvision", "onnx", "onnxruntime", "openvino", "timm", "keras", "numpy")  # peers too
 
 
 @dataclass
@@ -73,32 +79,19 @@ def environment(threads: int, command: str = "", omp_wait_policy: str | None = N
 
 def config_for(options: BenchOptions) -> ModelConfig:
     if options.model_dir:
-        from ..checkpoint import read_config  # noqa: PLC0415
-
         return read_config(options.model_dir).model
     return ModelConfig(options.width_multiplier, options.resolution, num_classes=options.num_classes)
 
 
 def prepare_files(needs: set[str], config: ModelConfig, options: BenchOptions, work: Path) -> dict[str, str]:
-    """Export the ONNX files the chosen backends need (ours and timm's; fp32 and int8) into ``work``."""
-    from ..deploy.calibration import calibration_reader  # noqa: PLC0415
-    from ..deploy.onnx_export import export_onnx  # noqa: PLC0415
-    from ..deploy.quantize import quantize_onnx  # noqa: PLC0415
-    from .backends import _our_model, _timm_model  # noqa: PLC0415
-
+    """Export the ONNX files the chosen backends need (fp32 and int8) into ``work``."""
     files: dict[str, str] = {}
     job = Job("", config.to_dict(), options.model_dir)
     if needs & {"onnx", "int8", "int8_uint8"}:
         model = _our_model(job)
         export_onnx(model, work / "ours.onnx")
         files["onnx"] = str(work / "ours.onnx")
-    if needs & {"timm_onnx", "timm_int8"}:
-        from .peers import export_timm_onnx  # noqa: PLC0415
-
-        export_timm_onnx(_timm_model(job), work / "timm.onnx")
-        files["timm_onnx"] = str(work / "timm.onnx")
-    for fp32, int8, weight_type in (("onnx", "int8", "int8"), ("onnx", "int8_uint8", "uint8"),
-                                    ("timm_onnx", "timm_int8", "int8")):  # fmt: skip
+    for fp32, int8, weight_type in (("onnx", "int8", "int8"), ("onnx", "int8_uint8", "uint8")):
         if int8 in needs:
             reader = calibration_reader(calibration_images(options, config), _preprocessing(job), "input",
                                         limit=options.calibration_images)  # fmt: skip
@@ -108,26 +101,13 @@ def prepare_files(needs: set[str], config: ModelConfig, options: BenchOptions, w
 
 
 def _preprocessing(job: Job):
-    from ..checkpoint import Preprocessing, read_config  # noqa: PLC0415
-
     if job.model_dir:
         return read_config(job.model_dir).preprocessing
     return Preprocessing(input_size=job.config["resolution"])
 
 
-def timing_images(n: int, size: int, seed: int = 0) -> list:
-    """``n`` smooth random RGB images: calibration for a *timing* of the int8 path, whose speed does not depend on
-    the scales calibration picks. For accuracy, calibrate on real images (``--calibration DIR``)."""
-    import numpy as np  # noqa: PLC0415
-    from PIL import Image  # noqa: PLC0415
-
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
-    return [Image.fromarray(c).resize((size, size), Image.BILINEAR) for c in coarse]
-
-
 def calibration_images(options: BenchOptions, config: ModelConfig):
-    return options.calibration or timing_images(options.calibration_images, config.resolution)
+    return options.calibration or synthetic_images(options.calibration_images, config.resolution)
 
 
 def run_bench(options: BenchOptions) -> BenchReport:
@@ -154,7 +134,7 @@ def run_bench(options: BenchOptions) -> BenchReport:
         workers = []
         try:
             for name in backends:
-                job = Job(name, config.to_dict(), options.model_dir, files)
+                job = Job(name, config.to_dict(), options.model_dir, files, BACKENDS[name].builder)
                 worker, error = start_worker(name, [job], options.batches, options.threads, options.omp_wait_policy)
                 if worker is None:
                     skipped[name] = error
@@ -174,13 +154,9 @@ def run_bench(options: BenchOptions) -> BenchReport:
                 w.stop()
     profile = None
     if options.profile:
-        from .profile import profile_layer_types  # noqa: PLC0415
-
         profile = profile_layer_types(config, options.model_dir, batch=options.batches[0], threads=options.threads)
     grid = None
     if options.grid:
-        from .grid import run_grid  # noqa: PLC0415
-
         grid = run_grid(options.grid_backends, batch=options.batches[0], threads=options.threads,
                         plot=options.plot, skipped=skipped, omp_wait_policy=options.omp_wait_policy)  # fmt: skip
     return BenchReport(

@@ -25,8 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-dir", help="benchmark a saved model (its config overrides --alpha/--resolution)")
     p.add_argument("--batch", type=_ints, default=[1, 32], help="batch sizes, comma-separated (default 1,32)")
     ours = "eager, inference*, ort-*, openvino-*"
-    peers = "timm-eager[-tuned], timm-compile, timm-ort-*, timm-openvino-*, keras-torch"
-    p.add_argument("--backends", default=None, help=f"comma-separated; default: all of ours ({ours}); peers: {peers}")
+    p.add_argument("--backends", default=None, help=f"comma-separated; default: all of ours ({ours}); the peers "
+                   "(timm, Keras) are timed beside them by benchmarks/inference_peers.py")
     p.add_argument("--threads", type=int, default=2, help="threads for every engine (default 2)")
     p.add_argument("--rounds", type=int, default=6, help="interleaved rounds (default 6)")
     p.add_argument("--iters", type=int, default=5, help="timed iterations per round (default 5)")

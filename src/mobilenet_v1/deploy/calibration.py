@@ -110,3 +110,11 @@ def calibration_reader(
             return None if batch is None else {input_name: batch}
 
     return _Reader()
+
+
+def synthetic_images(n: int, size: int, seed: int = 0) -> list[Image.Image]:
+    """``n`` smooth random RGB images: calibration for a *timing* of the int8 path, whose speed does not depend on
+    the scales calibration picks. For accuracy, calibrate on real images (``--calibration DIR``)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+    return [Image.fromarray(c).resize((size, size), Image.BILINEAR) for c in coarse]
