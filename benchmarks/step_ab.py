@@ -1,7 +1,7 @@
 """Our training step at batch 32 from two source trees, A/B: is a change faster in the whole step?
 
-    git worktree add /tmp/before HEAD~1
-    python benchmarks/step_ab.py /tmp/before/src src --size 128 --rounds 6
+    git worktree add ../before HEAD~1
+    python benchmarks/step_ab.py ../before/src src --size 128 --rounds 6
 
 Each round runs one process per tree, in alternating order (A B, then B A), each timing ``--steps`` steps of
 ``train_throughput.py``'s ``ours-cl-tuned-fused`` step after warm-up; a process's figure is its median step.

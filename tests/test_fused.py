@@ -31,7 +31,7 @@ def _error(got: torch.Tensor, exact: torch.Tensor) -> float:
 
 
 # A few float32 roundings of the largest value (eps = 1.2e-7): the least error a float32 result can be held to,
-# however close PyTorch came. The kernels are built for the host CPU, and on AVX-512 they sum in other orders.
+# however close PyTorch came. The kernels are built for the CPU they run on, and on AVX-512 they sum in other orders.
 ROUNDINGS = 4 * torch.finfo(torch.float32).eps
 
 

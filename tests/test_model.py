@@ -105,9 +105,10 @@ def test_module_names_are_tf_slim_end_points():
     assert names[-1] == "Conv2d_13_pointwise" and len(names) == 27
 
 
-def test_registry_has_paper_grid_and_baselines():
+def test_registry_has_paper_grid_baselines_and_timms_width():
     names = list_models()
-    assert len(names) == 18
+    assert len(names) == 19  # 4 α × 4 resolutions, the two baselines, α = 1.25
+    assert create_model("mobilenet_v1_125_224").config.width_multiplier == 1.25
     m = create_model("mobilenet_v1_075_192", num_classes=10)
     assert m.config.width_multiplier == 0.75 and m.config.resolution == 192 and m.num_classes == 10
     assert create_model("mobilenet_v1_shallow_100_224").config.variant == "shallow"

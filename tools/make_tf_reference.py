@@ -11,13 +11,11 @@ tested against TensorFlow without TensorFlow being installed at test time.
 How to run (TensorFlow lives only in a separate virtualenv, never in the
 project's Python)::
 
-    python3 -m venv /tmp/tfenv
-    /tmp/tfenv/bin/pip install tensorflow-cpu numpy scikit-image scikit-learn pillow
-    pip download --no-deps nudity==0.2.3 -d /tmp/nudity
-    tar -xzf /tmp/nudity/nudity-0.2.3.tar.gz -C /tmp/nudity
-    cp /tmp/nudity/nudity-0.2.3/nudity/files/retrained_graph.pb /tmp/nudity/
-    /tmp/tfenv/bin/python tools/make_tf_reference.py \
-        --graph /tmp/nudity/retrained_graph.pb \
+    python3 -m venv tfenv
+    tfenv/bin/pip install tensorflow-cpu numpy scikit-image scikit-learn pillow
+    pip download --no-deps nudity==0.2.3 -d nudity
+    tfenv/bin/python tools/make_tf_reference.py \
+        --graph nudity/nudity-0.2.3.tar.gz \
         [--labels imagenet_labels.txt] [--out tests/data/tf_reference.npz]
 
 ``--graph`` may also point at the ``nudity-0.2.3.tar.gz`` sdist itself.
@@ -175,7 +173,7 @@ def label_of(k: int, labels: list[str] | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--graph", default="/tmp/nudity/retrained_graph.pb", help="retrained_graph.pb or the nudity sdist")
+    ap.add_argument("--graph", required=True, help="retrained_graph.pb or the nudity sdist")
     ap.add_argument("--out", default=os.path.normpath(os.path.join(here, "..", "tests", "data", "tf_reference.npz")))
     ap.add_argument("--labels", default=None, help="optional file with the 1000 ImageNet class names")
     args = ap.parse_args(argv)

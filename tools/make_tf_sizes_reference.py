@@ -8,7 +8,7 @@ average pool still fits, since both sizes end on a 7×7 map.
 
 Run it as ``tools/make_tf_reference.py`` says (TensorFlow in its own virtualenv)::
 
-    /tmp/tfenv/bin/python tools/make_tf_sizes_reference.py --graph /tmp/nudity/nudity-0.2.3.tar.gz
+    tfenv/bin/python tools/make_tf_sizes_reference.py --graph nudity/nudity-0.2.3.tar.gz
 
 Keys of ``tests/data/tf_reference_sizes.npz``, for each size S (NHWC, float32 unless said):
     s{S}_input_u8     (1,S,S,3) uint8   chelsea, TF1 resize_bilinear to S×S, rounded; input = (u8 − 128) / 128
@@ -42,7 +42,7 @@ FEATURES = "MobilenetV1/MobilenetV1/Conv2d_13_pointwise/Relu6:0"
 def main(argv: list[str] | None = None) -> int:
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--graph", default="/tmp/nudity/retrained_graph.pb", help="retrained_graph.pb or the nudity sdist")
+    ap.add_argument("--graph", required=True, help="retrained_graph.pb or the nudity sdist")
     ap.add_argument("--out", default=os.path.join(here, "..", "tests", "data", "tf_reference_sizes.npz"))
     args = ap.parse_args(argv)
     graph_bytes = read_graph_bytes(args.graph)

@@ -2,8 +2,8 @@
 
 glibc's malloc serves large blocks (above a dynamic threshold of at most 32 MiB) with ``mmap`` and gives them
 back with ``munmap`` when freed. A training step allocates and frees the same activation and gradient
-buffers every iteration, so on the CPU each step re-faults those pages from the kernel: on this project's
-2-core machine a 40-epoch Fashion-MNIST run took 280 million minor page faults and spent 18% of its CPU
+buffers every iteration, so on the CPU each step re-faults those pages from the kernel: on a
+2-core CPU a 40-epoch Fashion-MNIST run took 280 million minor page faults and spent 18% of its CPU
 time in the kernel. Raising the mmap and trim thresholds makes those blocks come from (and go back to)
 the heap, where the next step reuses them. Measured on 2-core AVX2 CPUs: +16–48% training images/s.
 

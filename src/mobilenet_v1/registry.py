@@ -1,4 +1,5 @@
-"""Named models: the paper's 16 α × resolution MobileNets (Tables 6 and 7) and the two baselines."""
+"""Named models: the paper's 16 α × resolution MobileNets (Tables 6 and 7), the two baselines, and α = 1.25
+(the width timm trains and releases weights for)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ _MODELS: dict[str, dict] = {
 # Table 4: every separable block replaced by a full 3×3 conv; Table 5: the five 14×14×512 blocks removed.
 _MODELS["mobilenet_v1_full_conv_100_224"] = {"width_multiplier": 1.0, "resolution": 224, "variant": "full_conv"}
 _MODELS["mobilenet_v1_shallow_100_224"] = {"width_multiplier": 1.0, "resolution": 224, "variant": "shallow"}
+_MODELS["mobilenet_v1_125_224"] = {"width_multiplier": 1.25, "resolution": 224}
 
 
 def list_models() -> list[str]:

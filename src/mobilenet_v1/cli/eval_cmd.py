@@ -15,11 +15,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="data directory (default for fashion-mnist: Debian's package)")
     p.add_argument("--split", default="val", help="val (Fashion-MNIST: the test set) or train")
     p.add_argument("--subset", type=int, help="a fixed random subset of N images")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
     p.add_argument("--precision", default="fp32", help="fp32, bf16 or auto")
     p.add_argument("--confusion", help="PNG path for the confusion matrix (default: MODEL_DIR/confusion.png)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:

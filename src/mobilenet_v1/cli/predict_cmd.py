@@ -12,7 +12,7 @@ from ..predict import predict
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="directory with config.json + model.safetensors (a run or converted weights)")
     p.add_argument("images", nargs="+", help="image files (JPEG, PNG, WebP, ...)")
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--topk", type=int, default=5, help="classes to print per image")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 
 

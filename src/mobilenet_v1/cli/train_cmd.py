@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data", help="data directory (fashion-mnist: IDX files; folder: a tree with train/ and val/)")
     g.add_argument("--preset", default="small", help=f"preprocessing, one of {', '.join(PRESETS)}")
     g.add_argument("--grayscale", action="store_true", help="one input channel (in_chans=1) instead of replicating")
-    g.add_argument("--no-augment", dest="augment", action="store_false")
+    g.add_argument("--no-augment", dest="augment", action="store_false", help="no random crops, flips or erasing")
     g.add_argument(
         "--random-erasing",
         type=float,
@@ -28,20 +28,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="probability of random erasing (default: the preset's; small 0.25, inception 0)",
     )
     g.add_argument("--train-subset", type=int, help="use a fixed random subset of N training images")
-    g.add_argument("--val-subset", type=int)
+    g.add_argument("--val-subset", type=int, help="validate on a fixed random subset of N images")
     g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     m = p.add_argument_group("model")
     m.add_argument("--alpha", type=float, default=1.0, help="width multiplier α")
     m.add_argument("--resolution", type=int, default=224, help="input size (ρ = resolution/224)")
-    m.add_argument("--variant", default="standard")
-    m.add_argument("--output-stride", type=int, default=32)
-    m.add_argument("--activation", default="relu")
-    m.add_argument("--dropout", type=float, default=0.0)
+    m.add_argument("--variant", default="standard", help="standard, full_conv (Table 4) or shallow (Table 5)")
+    m.add_argument("--output-stride", type=int, default=32, help="8, 16 or 32 (dilation beyond it)")
+    m.add_argument("--activation", default="relu", help="relu (the paper) or relu6 (Google's weights)")
+    m.add_argument("--dropout", type=float, default=0.0, help="dropout before the classifier")
     m.add_argument("--init", help="fine-tune from weights: a run/converted directory, .pb, .h5/.keras, timm file")
     m.add_argument("--freeze-features", action="store_true", help="linear probe: train only the classifier")
     o = p.add_argument_group("optimisation")
     o.add_argument("--recipe", default="fast", help=f"one of {', '.join(RECIPES)}")
-    o.add_argument("--epochs", type=int, default=10)
+    o.add_argument("--epochs", type=int, default=10, help="passes over the training set")
     o.add_argument("--batch-size", type=int, default=128, help="per process")
     o.add_argument(
         "--accum-steps",
@@ -53,25 +53,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--weight-decay", type=float, help="override the recipe's weight decay")
     o.add_argument("--label-smoothing", type=float, help="override the recipe's label smoothing")
     o.add_argument("--ema-decay", type=float, help="override the recipe's weight-EMA decay (0: no EMA)")
-    o.add_argument("--seed", type=int, default=0)
-    o.add_argument("--max-steps-per-epoch", type=int)
+    o.add_argument("--seed", type=int, default=0, help="seeds the weights, data order and augmentation")
+    o.add_argument("--max-steps-per-epoch", type=int, help="cut each epoch short (smoke runs)")
     s = p.add_argument_group("speed")
     s.add_argument(
         "--precision",
         default="auto",
         help="auto (bf16 where supported; fp16 on GPUs without bf16), fp32, bf16, fp16 (with loss scaling)",
     )
-    s.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    s.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="NCHW memory layout")
     s.add_argument("--compile", action="store_true", help="torch.compile the model")
     s.add_argument(
         "--no-fused-kernels",
         dest="fused_kernels",
         action="store_false",
-        help="CPU: run batch norm, ReLU and depthwise convolutions on PyTorch's operators, not the compiled kernels",
+        help="CPU: PyTorch's operators instead of the compiled training kernels (mobilenet_v1.kernels)",
     )
     s.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (GPU)")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--tensorboard", action="store_true")
+    p.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard")
     p.add_argument("--quiet", dest="progress", action="store_false", help="no progress bar or per-epoch lines")
     p.add_argument("--json", action="store_true", help="print the final result as JSON")
 
