@@ -30,6 +30,11 @@ def test_registry_lists_the_released_weights():
     assert pt.PRETRAINED["mobilenet_v1_125_224"]["timm"].filename == "mobilenetv1_125.ra4_e3600_r224_in1k.safetensors"
     published = {n for n, s in pt.PRETRAINED.items() if s.get("tf") and s["tf"].sha256}
     assert published == {"mobilenet_v1_100_224", "mobilenet_v1_050_224", "mobilenet_v1_050_160", "mobilenet_v1_025_128"}
+    assert all(s["tf"].sha256_from == pt.OMZ for n, s in pt.PRETRAINED.items() if n in published)
+    assert not any(s[k].sha256 for s in pt.PRETRAINED.values() for k in ("keras", "keras_no_top") if k in s)
+    timm = {n: s["timm"] for n, s in pt.PRETRAINED.items() if "timm" in s}
+    assert set(timm) == {"mobilenet_v1_100_224", "mobilenet_v1_125_224"}
+    assert all(w.sha256 and w.sha256_from == pt.TIMM_FROM for w in timm.values())
     assert "mobilenet_v1_100_224:timm" in pt.list_pretrained()
 
 

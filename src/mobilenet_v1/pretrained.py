@@ -7,8 +7,14 @@
 Sources per model name (``pretrained=True`` takes the first): ``tf`` — the TF-slim 2018_08_02 float
 tarballs (frozen graph inside; 1001 classes, logit 0 = background), ``keras`` / ``keras_no_top`` —
 the Keras applications ``.h5`` files (the same weights, 1000 classes), ``timm`` — timm's own training
-(``mobilenetv1_100``, ``mobilenetv1_125``). A SHA-256 is checked where one is published; see
-``sha256=None`` entries for where none is. Any local path or ``file://``/``https://`` URL works too.
+(``mobilenetv1_100``, ``mobilenetv1_125``). Any local path or ``file://``/``https://`` URL works too;
+plain ``http://`` is refused (use https or a local path).
+
+Every download is verified: against the SHA-256 pinned in the registry where one was published for
+that file (``sha256_from`` says where), else trust on first use — the first download's SHA-256 is
+recorded beside it (``<file>.sha256``) and every later use of the cached file is checked against it.
+A cached file with neither (put there by hand, or by an older version) is refused with how to fetch it
+again; a failed or mismatching download leaves nothing behind.
 
 Files land in :func:`cache_dir` (``$MOBILENET_V1_CACHE``, else ``$XDG_CACHE_HOME/mobilenet-v1``,
 else ``~/.cache/mobilenet-v1``): ``downloads/`` holds what was fetched, ``converted/<name>.<source>/``
@@ -37,7 +43,7 @@ class Weights:
 
     url: str
     filename: str  # name in the cache's downloads/ (URLs such as huggingface's all end in model.safetensors)
-    sha256: str | None  # None: the publisher gives no checksum
+    sha256: str | None  # None: no checksum published for this file; the first download's is recorded (TOFU)
     resolution: int  # the input size the weights were trained at (Keras .h5 files do not record it)
     preprocessing: dict = field(default_factory=dict)  # overrides of what the converter records
     sha256_from: str = ""  # where the checksum was published
@@ -45,14 +51,29 @@ class Weights:
 
 TF_SLIM = "https://storage.googleapis.com/download.tensorflow.org/models/mobilenet_v1_2018_08_02/"
 KERAS = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet/"
-TIMM = "https://huggingface.co/timm/{tag}/resolve/main/model.safetensors"
+TIMM = "https://huggingface.co/timm/{tag}/resolve/{revision}/model.safetensors"
 OMZ = "OpenVINO Open Model Zoo, models/public/mobilenet-v1-*/model.yml"
-# Google publishes no checksums; the Open Model Zoo records these four tarballs' SHA-256.
+# Google publishes no checksums; the Open Model Zoo records these four tarballs' SHA-256 (1.0_224's also
+# TensorFlow's own workspace.bzl, tflite_mobilenet_float). None is published for the other twelve tarballs
+# nor for Keras's .h5 files (keras.applications downloads them unchecked): those are trusted on first use.
 TF_SLIM_SHA256 = {
     "1.0_224": "2fadeabb9968ec6833bee903900dda6e61b3947200535874ce2fe42a8493abc0",
     "0.5_224": "98cf7a39552f73920cb99617cfa9b88d5732a87abf9ec14f7cc7f3ade1db0aaa",
     "0.5_160": "6bbc9dd7892433e49b4b6ff6af2952183eaa6c1c0cb862868465377a29c77b0d",
     "0.25_128": "879ddc3e0857f3611b5cf248e36de2288c7a11ea8c2ed8a8bdded635e6010dfe",
+}
+# timm's model.safetensors on the Hugging Face Hub, pinned by Hub revision with the SHA-256 (and size: 17030248,
+# 25207640 bytes) that D-Robotics' model zoo records for exactly these revisions' files.
+TIMM_FROM = "D-Robotics/rdk_model_zoo, utils/tools/mobilenet/checkpoints.json (Hub revision, SHA-256, size)"
+TIMM_RELEASES = {  # width: (Hub revision, SHA-256 of model.safetensors)
+    "100": (
+        "6e88b523abded44469eafcd52f7832d5e0300b1b",
+        "15c2f1411deb8e0533acbb41fe9523062f80d444d0393e7ad2b429f41378efc3",
+    ),
+    "125": (
+        "9e2b4f9a089f39eaf59cb38fb5d595f4d78c8064",
+        "5616b1d4d774ac5bdf3fb254a72da78a5f27b19aa13bcceac03a743077c6acd8",
+    ),
 }
 _TF_ALPHA = {"100": "1.0", "075": "0.75", "050": "0.5", "025": "0.25"}  # TF-slim file names
 _KERAS_ALPHA = {"100": "1_0", "075": "7_5", "050": "5_0", "025": "2_5"}  # Keras file names
@@ -72,7 +93,9 @@ def _registry() -> dict[str, dict[str, Weights]]:
             }
     for width, crop in (("100", 0.875), ("125", 0.9)):  # timm's pretrained_cfg crop_pct for each
         tag = f"mobilenetv1_{width}.ra4_e3600_r224_in1k"
-        timm = Weights(TIMM.format(tag=tag), tag + ".safetensors", None, 224, {"resize": int(224 / crop)})
+        revision, sha = TIMM_RELEASES[width]
+        url = TIMM.format(tag=tag, revision=revision)
+        timm = Weights(url, tag + ".safetensors", sha, 224, {"resize": int(224 / crop)}, sha256_from=TIMM_FROM)
         table.setdefault(f"mobilenet_v1_{width}_224", {})["timm"] = timm
     return table
 
@@ -85,30 +108,97 @@ def list_pretrained() -> list[str]:
     return [f"{name}:{tag}" for name, sources in PRETRAINED.items() for tag in sources]
 
 
-def fetch(url: str, dest: Path, sha256: str | None = None) -> Path:
-    """``dest``, downloading ``url`` there first unless present; verified against ``sha256`` when given.
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
-    A mismatch or a failed download leaves nothing at ``dest``.
-    """
-    if dest.is_file():
-        if sha256 and (got := sha256_of(dest)) != sha256:
-            raise ValueError(f"{dest}: SHA-256 {got} is not the published {sha256}; delete the file to download again")
-        return dest
+
+def _refuse_plain_http(url: str) -> None:
+    if url.lower().startswith("http://"):
+        raise ValueError(
+            f"{url}: plain http:// downloads are refused (anyone on the way can alter them); "
+            "use an https:// URL or a local path"
+        )
+
+
+def record_path(dest: Path) -> Path:
+    """Where the SHA-256 of a download without a published one is recorded: ``<file>.sha256`` beside it."""
+    return dest.with_name(dest.name + ".sha256")
+
+
+def _recorded(dest: Path) -> str | None:
+    """The SHA-256 recorded when ``dest`` was downloaded (``sha256sum`` format), or None."""
     try:
+        words = record_path(dest).read_text().split()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return words[0] if words and _SHA256.fullmatch(words[0]) else None
+
+
+def _record(dest: Path, digest: str) -> None:
+    with atomic_path(record_path(dest)) as tmp:
+        tmp.write_text(f"{digest}  {dest.name}\n")
+
+
+def _check_cached(dest: Path, sha256: str | None) -> Path:
+    """``dest`` once its bytes match the pinned SHA-256, else the one recorded at download; refused otherwise."""
+    if sha256:
+        if (got := sha256_of(dest)) != sha256:
+            raise ValueError(
+                f"{dest}: SHA-256 {got} is not the published {sha256}; delete the file to download it again"
+            )
+        return dest
+    recorded = _recorded(dest)
+    if recorded is None:
+        raise ValueError(
+            f"{dest}: no SHA-256 to check this cached file against (none is published and {record_path(dest).name} "
+            "does not hold the one recorded at download); delete the file to download it again, or pass its path "
+            "as the pretrained source if you trust it"
+        )
+    if (got := sha256_of(dest)) != recorded:
+        raise ValueError(
+            f"{dest}: SHA-256 {got} is not the {recorded} recorded when it was downloaded, so the file changed; "
+            f"delete it and {record_path(dest).name} to download it again"
+        )
+    return dest
+
+
+def fetch(url: str, dest: Path, sha256: str | None = None) -> Path:
+    """``dest``, downloading ``url`` there first unless present, verified against ``sha256`` when given.
+
+    Without a published ``sha256`` the first download's is recorded beside it (:func:`record_path`) and a
+    cached ``dest`` is checked against that; a cached file with no hash to check is refused. Plain
+    ``http://`` is refused. A mismatch or a failed download leaves nothing at ``dest``.
+    """
+    dest = Path(dest)
+    _refuse_plain_http(url)
+    scheme = urllib.parse.urlparse(url).scheme.lower()
+    if scheme not in ("https", "file"):
+        raise ValueError(f"{url}: not an https:// or file:// URL; use an https:// URL or a local path")
+    if dest.is_file():
+        return _check_cached(dest, sha256)
+    record = record_path(dest)
+    try:
+        record.unlink(missing_ok=True)  # a record without its file belongs to no download
         with urllib.request.urlopen(url, timeout=60) as response, atomic_path(dest) as tmp:
             h = hashlib.sha256()
             with open(tmp, "wb") as f:
                 for chunk in iter(lambda: response.read(1 << 20), b""):
                     h.update(chunk)
                     f.write(chunk)
-            if sha256 and h.hexdigest() != sha256:
-                raise ValueError(f"{url}: SHA-256 {h.hexdigest()} is not the published {sha256}; download discarded")
-    except (urllib.error.URLError, OSError) as e:
+            digest = h.hexdigest()
+            if sha256 and digest != sha256:
+                raise ValueError(f"{url}: SHA-256 {digest} is not the published {sha256}; download discarded")
+            if not sha256:
+                _record(dest, digest)  # before the file appears: a file never lands without its record
+    except BaseException as e:
+        record.unlink(missing_ok=True)
+        if isinstance(e, ValueError) or not isinstance(e, (urllib.error.URLError, OSError)):
+            raise
         reason = getattr(e, "reason", None) or e
-        raise OSError(
-            f"could not download {url} ({reason}); offline, download it by hand and put it at {dest} "
-            f"(or pass the file's path as the pretrained source)"
-        ) from None
+        if sha256:
+            where = f"put it at {dest} (or pass the file's path as the pretrained source)"
+        else:  # a copy put in the cache would have no hash to check it against
+            where = "pass the file's path as the pretrained source"
+        raise OSError(f"could not download {url} ({reason}); offline, download it by hand and {where}") from None
     return dest
 
 
@@ -122,7 +212,8 @@ def resolve(name: str, source: bool | str = True) -> tuple[str, Weights | None, 
     source = str(source)
     if source in known:
         return source, known[source], known[source].url
-    if Path(source).exists() or re.match(r"^(file|https?)://", source):
+    _refuse_plain_http(source)
+    if Path(source).exists() or re.match(r"^(file|https)://", source, re.IGNORECASE):
         return "file", None, source
     choices = ", ".join(known) or "none registered"
     raise ValueError(f"{source!r}: not a file, URL or weights source of {name!r} (sources: {choices})")
@@ -136,7 +227,7 @@ def fetch_source(name: str, source: bool | str = True, cache: Path | None = None
         path = Path(urllib.request.url2pathname(urllib.parse.urlparse(where).path))
         if entry is None:
             return path
-    elif entry is None and not re.match(r"^https?://", where):
+    elif entry is None and not re.match(r"^https://", where, re.IGNORECASE):
         return Path(where)
     filename = entry.filename if entry else Path(urllib.parse.urlparse(where).path).name
     return fetch(where, cache / "downloads" / filename, entry.sha256 if entry else None)
