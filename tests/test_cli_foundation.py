@@ -25,8 +25,8 @@ def test_summary_text(capsys):
 @pytest.mark.parametrize(
     "argv,fragment",
     [
-        (["summary", "--alpha", "0"], "alpha) must be a number > 0"),
-        (["summary", "--resolution", "16"], "resolution must be an integer >= 32, got 16"),
+        (["summary", "--alpha", "0"], "alpha) must be a number in (0, 8], got 0"),
+        (["summary", "--resolution", "16"], "resolution must be an integer in [32, 4096], got 16"),
         (["summary", "--variant", "tiny"], "variant must be one of"),
     ],
 )

@@ -1,5 +1,7 @@
 """The module and the cost model cannot disagree; strides, backbone API and bad input."""
 
+import re
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -117,9 +119,14 @@ def test_registry_has_paper_grid_baselines_and_timms_width():
 @pytest.mark.parametrize(
     "kwargs,fragment",
     [
-        ({"width_multiplier": 0}, "> 0, got 0"),
-        ({"width_multiplier": -1.0}, "> 0"),
-        ({"resolution": 31}, ">= 32, got 31"),
+        ({"width_multiplier": 0}, "in (0, 8], got 0"),
+        ({"width_multiplier": -1.0}, "in (0, 8], got -1.0"),
+        ({"width_multiplier": float("nan")}, "in (0, 8], got nan"),
+        ({"width_multiplier": True}, "got True"),
+        ({"resolution": 31}, "in [32, 4096], got 31"),
+        ({"resolution": 10**7}, "in [32, 4096], got 10000000"),
+        ({"num_classes": 10**6}, "num_classes must be an integer in [0, 100000]"),
+        ({"bn_eps": 0.0}, "bn_eps must be a number in (0, 1], got 0.0"),
         ({"variant": "mobile"}, "standard, full_conv, shallow; got 'mobile'"),
         ({"output_stride": 4}, "8, 16, 32; got 4"),
         ({"activation": "gelu"}, "relu, relu6; got 'gelu'"),
@@ -128,7 +135,7 @@ def test_registry_has_paper_grid_baselines_and_timms_width():
     ],
 )
 def test_bad_config(kwargs, fragment):
-    with pytest.raises(ValueError, match=fragment.replace("(", r"\(")):
+    with pytest.raises(ValueError, match=re.escape(fragment)):
         ModelConfig(**kwargs)
 
 

@@ -15,9 +15,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from . import spec
 from .files import atomic_path, write_json
 from .model import MobileNetV1, ModelConfig
 
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = "mobilenet-v1"
@@ -25,6 +27,10 @@ FORMAT = "mobilenet-v1"
 # Google/Keras preprocessing: x/127.5 − 1. torchvision/timm ImageNet statistics are the alternative.
 TF_MEAN, TF_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _integer(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 @dataclass
@@ -38,11 +44,32 @@ class Preprocessing:
     std: tuple[float, ...] = IMAGENET_STD
     grayscale: bool = False  # convert to one channel (in_chans=1 models)
 
+    def __post_init__(self):
+        problems = []
+        if not (_integer(self.input_size) and 1 <= self.input_size <= spec.MAX_RESOLUTION):
+            problems.append(f"input_size must be an integer in [1, {spec.MAX_RESOLUTION}], got {self.input_size!r}")
+        if self.resize is not None and not (_integer(self.resize) and 1 <= self.resize <= 2 * spec.MAX_RESOLUTION):
+            problems.append(f"resize must be null or an integer in [1, {2 * spec.MAX_RESOLUTION}], got {self.resize!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            problems.append(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if not (isinstance(v, tuple) and len(v) in (1, 3) and all(spec._number(x) for x in v)):
+                problems.append(f"{name} must be a list of 1 or 3 finite numbers, got {v!r}")
+        if not problems and not all(x > 0 for x in self.std):
+            problems.append(f"std must be positive, got {self.std!r}")
+        if not isinstance(self.grayscale, bool):
+            problems.append(f"grayscale must be true or false, got {self.grayscale!r}")
+        if problems:
+            raise ValueError("preprocessing: " + "; ".join(problems))
+
     @classmethod
     def from_dict(cls, d: dict | None) -> Preprocessing:
+        if d is not None and not isinstance(d, dict):
+            raise ValueError(f"preprocessing must be an object, got {type(d).__name__}")
         d = dict(d or {})
         for k in ("mean", "std"):
-            if k in d:
+            if isinstance(d.get(k), list):
                 d[k] = tuple(d[k])
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
@@ -68,17 +95,37 @@ class Pretrained:
             "source": self.source,
         }
 
+    def __post_init__(self):
+        c = self.model
+        if not (_integer(self.label_offset) and self.label_offset in (0, 1)):
+            raise ValueError(f"label_offset must be 0 or 1, got {self.label_offset!r}")
+        if self.label_offset and c.num_classes < 2:
+            raise ValueError(f"label_offset 1 needs a head of at least 2 classes, the model has {c.num_classes}")
+        names = self.class_names
+        if names is not None:
+            if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+                raise ValueError("class_names must be a list of strings or null")
+            if c.num_classes and len(names) != c.num_classes - self.label_offset:
+                raise ValueError(f"class_names has {len(names)} names for {c.num_classes - self.label_offset} classes "
+                                 f"({c.num_classes} logits, label_offset {self.label_offset})")  # fmt: skip
+        if not isinstance(self.source, dict):
+            raise ValueError(f"source must be an object, got {type(self.source).__name__}")
+
     @classmethod
     def from_dict(cls, d: dict, where: str = "config") -> Pretrained:
-        if d.get("format") != FORMAT or "model" not in d:
+        """Validated as a schema: a bad type, value or length is one ``ValueError`` naming ``where``."""
+        if not isinstance(d, dict) or d.get("format") != FORMAT or "model" not in d:
             raise ValueError(f"{where}: not a mobilenet-v1 config (missing 'format': '{FORMAT}' or 'model')")
-        return cls(
-            ModelConfig.from_dict(d["model"]),
-            Preprocessing.from_dict(d.get("preprocessing")),
-            d.get("class_names"),
-            int(d.get("label_offset", 0)),
-            d.get("source", {}),
-        )
+        try:
+            return cls(
+                ModelConfig.from_dict(d["model"]),
+                Preprocessing.from_dict(d.get("preprocessing")),
+                d.get("class_names"),
+                d.get("label_offset", 0),
+                d.get("source", {}),
+            )
+        except (ValueError, TypeError) as e:  # TypeError: a field of the wrong type met an operator
+            raise ValueError(f"{where}: {e}") from None
 
 
 def save_weights(state_dict: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None) -> None:
@@ -136,6 +183,10 @@ def load_state_into(model: MobileNetV1, state: dict[str, torch.Tensor], where: s
                 f"{where}: {k} has shape {tuple(v.shape)} but the model (alpha={model.config.width_multiplier:g}, "
                 f"classes={model.config.num_classes}) expects {tuple(own[k].shape)}"
             )
+        if own[k].is_floating_point() and not v.is_floating_point():
+            raise ValueError(f"{where}: {k} holds {v.dtype} values where weights are floating point")
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise ValueError(f"{where}: {k} holds NaN or infinite values")
     model.load_state_dict(state)
 
 

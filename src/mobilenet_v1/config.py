@@ -43,12 +43,16 @@ class ModelConfig:
             self.min_depth,
             self.padding,
         )
-        if self.activation not in ACTIVATIONS:
+        if not isinstance(self.activation, str) or self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {self.activation!r}")
-        if self.global_pool not in GLOBAL_POOLS:
+        if not isinstance(self.global_pool, str) or self.global_pool not in GLOBAL_POOLS:
             raise ValueError(f"global_pool must be one of {', '.join(GLOBAL_POOLS)}; got {self.global_pool!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not (spec._number(self.dropout) and 0.0 <= self.dropout < 1.0):
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        if not (spec._number(self.bn_eps) and 0.0 < self.bn_eps <= 1.0):
+            raise ValueError(f"bn_eps must be a number in (0, 1], got {self.bn_eps!r}")
+        if not isinstance(self.extra, dict):
+            raise ValueError(f"extra must be an object, got {self.extra!r}")
 
     def layers(self) -> list[spec.Layer]:
         return spec.resolve(
@@ -67,5 +71,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
+        if not isinstance(d, dict):
+            raise ValueError(f"the model config must be an object, got {type(d).__name__}")
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)

@@ -31,13 +31,17 @@ from .preprocess import IMAGE_SUFFIXES, load_image
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 DATASETS = ("fashion-mnist", "folder")
+IDX_MAX_BYTES = 256 << 20  # the largest Fashion-MNIST file, the training images, is 47 MB uncompressed
 
 
 def _fashion_mnist_root(src: str | os.PathLike) -> Path:
     """Unpack the IDX files into the layout torchvision expects (``<root>/FashionMNIST/raw``), once."""
     src = Path(src).resolve()
-    # One unpacked copy per source directory, so --data OTHER_DIR never reads a stale copy.
-    key = hashlib.sha256(str(src).encode()).hexdigest()[:12]
+    # One unpacked copy per source directory and content (each file's size and modification time), so neither
+    # --data OTHER_DIR nor a relabelled file is ever served a stale copy.
+    files = [f for f in sorted(src.glob("*-ubyte*")) if f.is_file()]
+    stamps = [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
+    key = hashlib.sha256("|".join([str(src), *stamps]).encode()).hexdigest()[:12]
     raw = cache_dir() / "datasets" / key / "FashionMNIST" / "raw"
     for name in _IDX_FILES:
         if (raw / name).is_file():
@@ -49,7 +53,11 @@ def _fashion_mnist_root(src: str | os.PathLike) -> Path:
         elif (src / f"{name}.gz").is_file():
             try:
                 with gzip.open(src / f"{name}.gz") as f_in, atomic_path(raw / name) as tmp, open(tmp, "wb") as f_out:
-                    shutil.copyfileobj(f_in, f_out)
+                    for chunk in iter(lambda: f_in.read(1 << 20), b""):
+                        if f_out.tell() + len(chunk) > IDX_MAX_BYTES:
+                            raise ValueError(f"{src / (name + '.gz')}: inflates past {IDX_MAX_BYTES:,} bytes, "
+                                             "more than Fashion-MNIST's files")  # fmt: skip
+                        f_out.write(chunk)
             except (OSError, EOFError) as e:
                 raise ValueError(f"{src / (name + '.gz')}: not a readable gzip IDX file ({e})") from None
         else:

@@ -16,13 +16,21 @@ SMALL_ERASING = 0.25  # the ``small`` preset's default random-erasing probabilit
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 
 
+# Larger images are refused before decoding (PIL's own limit, 89 M pixels, only warns): 64 M pixels is an 8K × 8K
+# photo, far above what a MobileNet input is cropped from, and ~200 MB decoded.
+MAX_PIXELS = 1 << 26
+
+
 def load_image(path: str | os.PathLike, grayscale: bool = False) -> Image.Image:
     """Decode an image to 8-bit RGB (or L): handles palette, RGBA, CMYK, grayscale and 16-bit files.
 
     Raises ``ValueError`` naming the file when it is not a readable image.
     """
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as im:  # reads the header only: the size is known before any pixel is decoded
+            if im.width * im.height > MAX_PIXELS:
+                raise ValueError(f"{path}: {im.width}×{im.height} pixels is over the {MAX_PIXELS:,} read here "
+                                 "(a decompression bomb, or a photo to downscale first)")  # fmt: skip
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 # 16-bit: PIL's convert("L") clips at 255 instead of scaling; scale the full range down.
@@ -37,7 +45,11 @@ def load_image(path: str | os.PathLike, grayscale: bool = False) -> Image.Image:
             return im.convert("L" if grayscale else "RGB")
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except ValueError as e:
+        if str(e).startswith(f"{path}: "):
+            raise
+        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
         raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
 
 

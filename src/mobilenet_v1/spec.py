@@ -21,6 +21,12 @@ OUTPUT_STRIDES = (8, 16, 32)
 #              one (a 150 px input reaches 75×75) 'SAME' pads (1, 1) and gives ceil(75/2) = 38, Keras (0, 1) and 37.
 PADDINGS = ("symmetric", "tf_same", "keras")
 MIN_RESOLUTION = 32
+# Upper bounds on what a config may ask for: far past any published use, yet small enough that a typo (α = 1e6, a
+# 10⁷-pixel input) fails here, before a module or an export allocates gigabytes.
+MAX_WIDTH = 8.0
+MAX_RESOLUTION = 4096
+MAX_CLASSES = 100_000
+MAX_CHANNELS = 64  # input channels
 DEFAULT_MIN_DEPTH = 8  # TF-slim's floor on channel counts after α scaling
 
 
@@ -139,6 +145,15 @@ def output_size(size: int, kernel: int, stride: int, dilation: int, padding: str
     return out
 
 
+def _number(x) -> bool:
+    """A real, finite number (not a bool, which Python counts as an int)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _integer(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def scaled_channels(n: int, width_multiplier: float, min_depth: int = DEFAULT_MIN_DEPTH) -> int:
     """Channels of a layer with N channels at α = 1: ``max(int(α·N), min_depth)`` (Section 4.2, TF-slim)."""
     return max(int(n * width_multiplier), min_depth)
@@ -157,25 +172,37 @@ def validate(
     """Raise ``ValueError`` naming what was received and what is allowed."""
     checks = [
         (
-            isinstance(width_multiplier, (int, float)) and width_multiplier > 0,
-            f"width_multiplier (alpha) must be a number > 0, got {width_multiplier!r}",
+            _number(width_multiplier) and 0 < width_multiplier <= MAX_WIDTH,
+            f"width_multiplier (alpha) must be a number in (0, {MAX_WIDTH:g}], got {width_multiplier!r}",
         ),
         (
-            isinstance(resolution, int) and resolution >= MIN_RESOLUTION,
-            f"resolution must be an integer >= {MIN_RESOLUTION}, got {resolution!r}",
+            _integer(resolution) and MIN_RESOLUTION <= resolution <= MAX_RESOLUTION,
+            f"resolution must be an integer in [{MIN_RESOLUTION}, {MAX_RESOLUTION}], got {resolution!r}",
         ),
-        (variant in VARIANTS, f"variant must be one of {', '.join(VARIANTS)}; got {variant!r}"),
         (
-            output_stride in OUTPUT_STRIDES,
+            isinstance(variant, str) and variant in VARIANTS,
+            f"variant must be one of {', '.join(VARIANTS)}; got {variant!r}",
+        ),
+        (
+            _integer(output_stride) and output_stride in OUTPUT_STRIDES,
             f"output_stride must be one of {', '.join(map(str, OUTPUT_STRIDES))}; got {output_stride!r}",
         ),
         (
-            isinstance(num_classes, int) and num_classes >= 0,
-            f"num_classes must be an integer >= 0, got {num_classes!r}",
+            _integer(num_classes) and 0 <= num_classes <= MAX_CLASSES,
+            f"num_classes must be an integer in [0, {MAX_CLASSES}], got {num_classes!r}",
         ),
-        (isinstance(in_chans, int) and in_chans >= 1, f"in_chans must be an integer >= 1, got {in_chans!r}"),
-        (isinstance(min_depth, int) and min_depth >= 1, f"min_depth must be an integer >= 1, got {min_depth!r}"),
-        (padding in PADDINGS, f"padding must be one of {', '.join(PADDINGS)}; got {padding!r}"),
+        (
+            _integer(in_chans) and 1 <= in_chans <= MAX_CHANNELS,
+            f"in_chans must be an integer in [1, {MAX_CHANNELS}], got {in_chans!r}",
+        ),
+        (
+            _integer(min_depth) and 1 <= min_depth <= 1024,
+            f"min_depth must be an integer in [1, 1024], got {min_depth!r}",
+        ),
+        (
+            isinstance(padding, str) and padding in PADDINGS,
+            f"padding must be one of {', '.join(PADDINGS)}; got {padding!r}",
+        ),
     ]
     for ok, message in checks:
         if not ok:

@@ -78,7 +78,10 @@ def _data(cfg: TrainConfig, info: DistInfo):
 
 
 def _check_resumable(run_dir: Path, cfg: TrainConfig) -> TrainConfig:
-    saved = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text())["train"])
+    recorded = json.loads((run_dir / "config.json").read_text()).get("train")
+    if not isinstance(recorded, dict):
+        raise ValueError(f"{run_dir}: holds a model but no training run to resume (--init {run_dir} fine-tunes it)")
+    saved = TrainConfig.from_dict(recorded)
     if saved.model != cfg.model and cfg.model != ModelConfig():
         raise ValueError(f"{run_dir}: was trained with {saved.model}; cannot resume with different model options")
     # The run continues exactly as configured: the schedule depends on the epoch count, and the
@@ -87,11 +90,14 @@ def _check_resumable(run_dir: Path, cfg: TrainConfig) -> TrainConfig:
     return replace(saved, progress=cfg.progress)
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
-    """Train (or resume) into ``cfg.out_dir``; returns the final metrics. Safe under torchrun."""
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> TrainResult:
+    """Train (or resume) into ``cfg.out_dir``; returns the final metrics. Safe under torchrun.
+
+    A new run refuses a directory that holds files (a run, or anything else) unless ``overwrite``; the
+    directory is locked while this process trains in it."""
     info = setup(cfg.device)
     try:
-        result = _train(cfg, info, resume)
+        result = _train(cfg, info, resume, overwrite)
         barrier(info)  # no rank tears the process group down while another still uses it (see teardown)
         return result
     finally:
@@ -136,10 +142,11 @@ class _Run:
     lr: float = 0.0
     best: float = -1.0
     history: list[dict] = field(default_factory=list)
+    lock: object = None  # rundir.claim's: held while this process trains
 
 
-def _train(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainResult:
-    run = _start(cfg, info, resume)
+def _train(cfg: TrainConfig, info: DistInfo, resume: bool, overwrite: bool = False) -> TrainResult:
+    run = _start(cfg, info, resume, overwrite)
     started = time.perf_counter()
     final = None
     for epoch in range(run.start_epoch, run.cfg.epochs):
@@ -153,15 +160,18 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainResult:
     return TrainResult(str(run.run_dir), run.cfg.epochs, run.best, final, time.perf_counter() - started, checksums)
 
 
-def _start(cfg: TrainConfig, info: DistInfo, resume: bool) -> _Run:
+def _start(cfg: TrainConfig, info: DistInfo, resume: bool, overwrite: bool = False) -> _Run:
     """Check the run directory, seed, build data, model, optimizer and the step's wrappers, and restore the state
     of a resumed run — in the order that makes a resumed run continue bit for bit."""
     run_dir = Path(cfg.out_dir)
     if resume:
         read_config(run_dir)  # a clear error if this is not a run directory
         cfg = _check_resumable(run_dir, cfg)
-    elif info.is_main and (run_dir / rundir.STATE_NAME).exists():
-        raise ValueError(f"{run_dir}: already holds a training run (use --resume {run_dir}, or another --out)")
+    lock = None  # rank 0 writes the run's files: it checks the directory first, and locks it
+    if info.is_main and resume:
+        lock = rundir.claim(run_dir, resume=True)
+    elif info.is_main:
+        rundir.check_target(run_dir, overwrite)  # before anything is built or written; claimed below
     recipe = _recipe(cfg)
     precision = resolve_precision(cfg.precision, info.device)
     torch.manual_seed(cfg.seed)
@@ -188,13 +198,13 @@ def _start(cfg: TrainConfig, info: DistInfo, resume: bool) -> _Run:
         # fp16 gradients underflow without loss scaling; for other precisions the scaler passes everything through
         torch.amp.GradScaler(info.device.type, enabled=precision == "fp16"),
         nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing), base_lr, steps_per_epoch, memory_format,
-        Pretrained(model.config, pre, names, 0, {"trained_with": cfg.to_dict()}), None, lr=base_lr,
+        Pretrained(model.config, pre, names, 0, {"trained_with": cfg.to_dict()}), None, lr=base_lr, lock=lock,
     )  # fmt: skip
     if resume and (run_dir / rundir.STATE_NAME).exists():  # else: killed before the first checkpoint: start over
         _restore(run, rundir.load_state(run_dir))
     run.net = _wrap(model, cfg, info)
     if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run.lock = run.lock or rundir.claim(run_dir, resume=False, overwrite=overwrite)
         _write_config(run_dir, run.info_out, cfg)
     run.writer = _tensorboard(run_dir, cfg, info)
     return run

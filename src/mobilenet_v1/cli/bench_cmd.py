@@ -11,6 +11,8 @@ import argparse
 import shlex
 import sys
 
+from .model_args import positive_int
+
 
 def _ints(text: str) -> list[int]:
     try:
@@ -27,9 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ours = "eager, inference*, ort-*, openvino-*"
     p.add_argument("--backends", default=None, help=f"comma-separated; default: all of ours ({ours}); the peers "
                    "(timm, Keras) are timed beside them by benchmarks/inference_peers.py")
-    p.add_argument("--threads", type=int, default=2, help="threads for every engine (default 2)")
-    p.add_argument("--rounds", type=int, default=6, help="interleaved rounds (default 6)")
-    p.add_argument("--iters", type=int, default=5, help="timed iterations per round (default 5)")
+    p.add_argument("--threads", type=positive_int, default=2, help="threads for every engine (default 2)")
+    p.add_argument("--rounds", type=positive_int, default=6, help="interleaved rounds (default 6)")
+    p.add_argument("--iters", type=positive_int, default=5, help="timed iterations per round (default 5)")
     p.add_argument("--calibration",
                    help="image directory for int8 calibration (default: synthetic images; timing needs no real ones)")
     p.add_argument("--grid", action="store_true", help="also time the paper's 16 α × resolution models")

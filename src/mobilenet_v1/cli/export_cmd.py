@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from .model_args import positive_int
 
 FORMATS = ("onnx", "torchscript")
 
@@ -13,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="file to write (atomically: all or nothing)")
     p.add_argument("--int8", action="store_true", help="static int8 quantization (ONNX Runtime QDQ)")
     p.add_argument("--calibration", help="directory of images for int8 calibration (a few hundred real images)")
-    p.add_argument("--calibration-images", type=int, default=300, help="use at most this many (default 300)")
+    p.add_argument("--calibration-images", type=positive_int, default=300, help="use at most this many (default 300)")
     p.add_argument("--calibration-method", default="minmax", help="minmax, entropy or percentile")
     p.add_argument(
         "--per-tensor",
@@ -59,6 +62,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the export report as one JSON object")
 
 
+def check_output(out: Path) -> None:
+    """The export is a file: never a directory, nor one of a training run's own files."""
+    from ..rundir import RUN_FILES, is_run  # noqa: PLC0415 - keep `mobilenet-v1 --help` fast
+
+    if out.is_dir():
+        raise ValueError(f"{out}: is a directory; --output names the file to write")
+    if out.name in RUN_FILES and is_run(out.parent):
+        raise ValueError(f"{out}: is a file of the training run in {out.parent}; export to another path")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.format not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}; got {args.format!r}")
@@ -72,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--weight-type, --reduce-range and --rounding are only used with --int8")
     if not args.int8 and (args.qat_steps or args.qat_lr is not None):
         raise ValueError("--qat-steps and --qat-lr are only used with --int8")
+    check_output(Path(args.output))
     if args.qat_steps < 0 or (args.qat_lr is not None and not args.qat_lr > 0):
         raise ValueError("--qat-steps must be >= 0 and --qat-lr > 0")
     from ..checkpoint import from_pretrained  # noqa: PLC0415 - keep `mobilenet-v1 --help` fast

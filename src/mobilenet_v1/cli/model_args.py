@@ -7,6 +7,26 @@ import argparse
 from .. import spec
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a count: images, classes, steps)."""
+    return _int_at_least(text, 1)
+
+
+def count(text: str) -> int:
+    """argparse type: an integer >= 0 (worker processes, extra steps)."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+    return value
+
+
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--alpha", type=float, default=1.0, help="width multiplier α (Section 4.2)")

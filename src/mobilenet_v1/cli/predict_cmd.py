@@ -7,12 +7,13 @@ import json
 import sys
 
 from ..predict import predict
+from .model_args import positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="directory with config.json + model.safetensors (a run or converted weights)")
     p.add_argument("images", nargs="+", help="image files (JPEG, PNG, WebP, ...)")
-    p.add_argument("--topk", type=int, default=5, help="classes to print per image")
+    p.add_argument("--topk", type=positive_int, default=5, help="classes to print per image")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 
 

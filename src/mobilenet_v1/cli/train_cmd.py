@@ -10,11 +10,14 @@ from ..model import ModelConfig
 from ..preprocess import PRESETS
 from ..recipes import RECIPES
 from ..train import TrainConfig, train
+from .model_args import count, positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run directory to create (config, weights, metrics, curves)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last completed epoch")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train into --out even if it holds files (a run's are replaced, others left as they are)")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="fashion-mnist", help=f"one of {', '.join(DATASETS)}")
     g.add_argument("--data", help="data directory (fashion-mnist: IDX files; folder: a tree with train/ and val/)")
@@ -27,9 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="P",
         help="probability of random erasing (default: the preset's; small 0.25, inception 0)",
     )
-    g.add_argument("--train-subset", type=int, help="use a fixed random subset of N training images")
-    g.add_argument("--val-subset", type=int, help="validate on a fixed random subset of N images")
-    g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    g.add_argument("--train-subset", type=positive_int, help="use a fixed random subset of N training images")
+    g.add_argument("--val-subset", type=positive_int, help="validate on a fixed random subset of N images")
+    g.add_argument("--workers", type=count, default=2, help="DataLoader worker processes")
     m = p.add_argument_group("model")
     m.add_argument("--alpha", type=float, default=1.0, help="width multiplier α")
     m.add_argument("--resolution", type=int, default=224, help="input size (ρ = resolution/224)")
@@ -41,8 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--freeze-features", action="store_true", help="linear probe: train only the classifier")
     o = p.add_argument_group("optimisation")
     o.add_argument("--recipe", default="fast", help=f"one of {', '.join(RECIPES)}")
-    o.add_argument("--epochs", type=int, default=10, help="passes over the training set")
-    o.add_argument("--batch-size", type=int, default=128, help="per process")
+    o.add_argument("--epochs", type=positive_int, default=10, help="passes over the training set")
+    o.add_argument("--batch-size", type=positive_int, default=128, help="per process")
     o.add_argument(
         "--accum-steps",
         type=int,
@@ -54,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--label-smoothing", type=float, help="override the recipe's label smoothing")
     o.add_argument("--ema-decay", type=float, help="override the recipe's weight-EMA decay (0: no EMA)")
     o.add_argument("--seed", type=int, default=0, help="seeds the weights, data order and augmentation")
-    o.add_argument("--max-steps-per-epoch", type=int, help="cut each epoch short (smoke runs)")
+    o.add_argument("--max-steps-per-epoch", type=positive_int, help="cut each epoch short (smoke runs)")
     s = p.add_argument_group("speed")
     s.add_argument(
         "--precision",
@@ -120,7 +123,9 @@ def run(args: argparse.Namespace) -> int:
         progress=args.progress,
         device=args.device,
     )
-    result = train(cfg, resume=bool(args.resume))
+    if args.overwrite and args.resume:
+        raise ValueError("--overwrite is for a new run (--out), not --resume")
+    result = train(cfg, resume=bool(args.resume), overwrite=args.overwrite)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return 0
     if args.json:

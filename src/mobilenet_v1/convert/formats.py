@@ -66,6 +66,11 @@ def _zip_format(path: Path) -> str:
     raise ValueError(f"{path}: a zip that is neither a .keras archive nor a torch .pth")
 
 
+# A graph of α = 8 (the widest a config may ask for) holds ~1.1 GB of weights; Google's releases hold 17 MB at most.
+# Protocol buffers stop at 2 GiB anyway: an archive member declared larger is refused before it is inflated.
+MAX_GRAPH_BYTES = 2 << 30
+
+
 def _graph_from_tarball(path: Path) -> tuple[bytes, str]:
     """The frozen graph inside a TF-slim release tarball (``*_frozen.pb``), or its only ``.pb``."""
     try:
@@ -76,7 +81,12 @@ def _graph_from_tarball(path: Path) -> tuple[bytes, str]:
             if len(chosen) != 1:
                 found = ", ".join(m.name for m in graphs) or "none"
                 raise ValueError(f"{path}: expected one frozen graph (.pb) in the archive, found {found}")
-            data = tar.extractfile(chosen[0]).read()
+            if chosen[0].size > MAX_GRAPH_BYTES:  # the header's size, checked before anything is inflated
+                raise ValueError(f"{path}: {chosen[0].name} inflates to {chosen[0].size:,} bytes, more than any "
+                                 "MobileNet graph")  # fmt: skip
+            data = tar.extractfile(chosen[0]).read(MAX_GRAPH_BYTES + 1)
+            if len(data) > MAX_GRAPH_BYTES:
+                raise ValueError(f"{path}: {chosen[0].name} inflates past {MAX_GRAPH_BYTES:,} bytes")
     except (tarfile.TarError, EOFError, OSError) as e:
         raise ValueError(f"{path}: not a readable tar archive (truncated or corrupt: {e})") from None
     return data, f"{path}:{chosen[0].name}"

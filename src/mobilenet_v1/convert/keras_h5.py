@@ -27,8 +27,10 @@ import numpy as np
 
 from ..model import MobileNetV1
 from .common import ConvBN, assemble, conv_layers, depthwise_to_torch, hwio_to_torch, make_info, tf_preprocessing
+from .tf_graph import MAX_CONSTANT
 
 FORMAT = "keras"
+MAX_ARCHIVE_MEMBER = 2 << 30  # bytes; a .keras member declared larger is refused before it is inflated
 HEAD = "conv_preds"
 BN_VARS = ("gamma", "beta", "moving_mean", "moving_variance")  # Keras's variable order
 # Keras 3 weight-file group prefix of each layer class MobileNet has weights in
@@ -63,6 +65,9 @@ def read_keras(path: str | Path, where: str | None = None, resolution: int | Non
                 names = z.namelist()
                 if "model.weights.h5" not in names:
                     raise ValueError(f"{where}: a zip without model.weights.h5 is not a .keras archive")
+                for member in ("model.weights.h5", "config.json"):  # sizes from the archive, checked before inflating
+                    if member in names and z.getinfo(member).file_size > MAX_ARCHIVE_MEMBER:
+                        raise ValueError(f"{where}: {member} inflates to {z.getinfo(member).file_size:,} bytes")
                 blob = z.read("model.weights.h5")
                 config = json.loads(z.read("config.json")) if "config.json" in names else None
         except (zipfile.BadZipFile, OSError, json.JSONDecodeError) as e:
@@ -77,7 +82,17 @@ def read_keras(path: str | Path, where: str | None = None, resolution: int | Non
             weights = _read_legacy(f) if "layers" not in f else _read_keras3(f["layers"], config, where)
     except OSError as e:
         raise ValueError(f"{where}: not a readable HDF5 file ({' '.join(str(e).split())})") from None
+    except ValueError as e:
+        raise e if str(e).startswith(where) else ValueError(f"{where}: {e}") from None
     return _to_model(weights, config, where, resolution or _resolution(config, path))
+
+
+def _array(dataset) -> np.ndarray:
+    """An HDF5 dataset's values, its declared size checked before it is read (compressed data can inflate to far
+    more than the file's size)."""
+    if dataset.size > MAX_CONSTANT:
+        raise ValueError(f"dataset {dataset.name} of shape {dataset.shape} is larger than any MobileNet weight")
+    return np.asarray(dataset)
 
 
 def _text(value) -> str:
@@ -92,7 +107,7 @@ def _read_legacy(f) -> dict[str, dict[str, np.ndarray]]:
         group = root[layer]
         names = [_text(n) for n in group.attrs.get("weight_names", [])]
         if names:
-            out[layer] = {n.split("/")[-1].split(":")[0]: np.asarray(group[n]) for n in names}
+            out[layer] = {n.split("/")[-1].split(":")[0]: _array(group[n]) for n in names}
     return out
 
 
@@ -103,7 +118,7 @@ def _read_keras3(layers, config: dict | None, where: str) -> dict[str, dict[str,
     for generic, group in layers.items():
         if generic not in rename or "vars" not in group:
             continue
-        values = [np.asarray(group["vars"][str(i)]) for i in range(len(group["vars"]))]
+        values = [_array(group["vars"][str(i)]) for i in range(len(group["vars"]))]
         name = rename[generic]
         if generic.startswith("batch_normalization"):
             if len(values) != 4:

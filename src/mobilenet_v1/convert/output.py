@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, save_pretrained
+from ..files import remove_stale_temporaries
+from ..rundir import is_run
 from .adapt import adapt
 from .common import describe
 from .formats import detect_format, load_any
@@ -80,8 +82,11 @@ def convert(
 def _write_dir(model, info, out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: exists and is not a directory")
+    if is_run(out):  # its train_state.pt would no longer match the weights, and --resume would fail
+        raise ValueError(f"{out}: holds a training run; convert into another directory")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    remove_stale_temporaries(out)  # what a killed conversion into the same place left
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
     try:
         save_pretrained(model, tmp, info)
         # mkdtemp/mkstemp create private (0700/0600) entries; give the result the usual umask permissions

@@ -16,6 +16,7 @@ Anything else in the graph with weights (e.g. a retrained head on top of the log
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from pathlib import Path
@@ -39,6 +40,9 @@ _CONV_OPS = ("Conv2D", "DepthwiseConv2dNative")
 
 # TensorFlow DataType enum values → NumPy (types.proto)
 _DTYPES = {1: np.float32, 2: np.float64, 3: np.int32, 9: np.int64, 19: np.float16}
+# The largest weight of the widest network read here (α = 8: a 1×1 convolution of 8192 × 8192) is 2**26 values; a
+# constant declared larger is refused before it is allocated (a crafted 10⁶ × 10⁶ one would exhaust memory).
+MAX_CONSTANT = 1 << 26
 _VAL_FIELDS = {1: "float_val", 2: "double_val", 3: "int_val", 9: "int64_val", 19: "half_val"}
 
 
@@ -69,8 +73,15 @@ def tensor_to_numpy(tensor) -> np.ndarray:
         raise ValueError(f"unsupported tensor dtype enum {tensor.dtype}")
     dtype = np.dtype(_DTYPES[tensor.dtype]).newbyteorder("<")
     shape = [d.size for d in tensor.tensor_shape.dim]
-    count = int(np.prod(shape)) if shape else 1
+    if any(d < 0 for d in shape):
+        raise ValueError(f"a constant of shape {shape}: negative dimension")
+    count = math.prod(shape)  # exact (Python ints): a declared shape is checked before anything is allocated
+    if count > MAX_CONSTANT:
+        raise ValueError(f"a constant of shape {shape} ({count:,} values) is larger than any MobileNet weight")
     if tensor.tensor_content:
+        if len(tensor.tensor_content) != count * dtype.itemsize:
+            raise ValueError(f"a constant of shape {shape} holds {len(tensor.tensor_content)} bytes, not "
+                             f"{count * dtype.itemsize}")  # fmt: skip
         return np.frombuffer(tensor.tensor_content, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
     values = list(getattr(tensor, _VAL_FIELDS[tensor.dtype]))
     if tensor.dtype == 19:  # half_val holds the float16 bit patterns as int32
@@ -87,6 +98,13 @@ def tensor_to_numpy(tensor) -> np.ndarray:
 
 def read_tf_graph(data: bytes, where: str, resolution: int | None = None) -> tuple[MobileNetV1, object]:
     """Convert a frozen TF-slim MobilenetV1 graph; returns ``(model, Pretrained)``."""
+    try:
+        return _read_tf_graph(data, where, resolution)
+    except ValueError as e:  # every message names the file
+        raise e if str(e).startswith(where) else ValueError(f"{where}: {e}") from None
+
+
+def _read_tf_graph(data: bytes, where: str, resolution: int | None) -> tuple[MobileNetV1, object]:
     graph = parse_graph(data, where)
     nodes = {n.name: n for n in graph.node}
     consts = {n.name: n for n in graph.node if n.op == "Const"}
