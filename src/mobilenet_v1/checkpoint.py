@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from . import spec
 from .files import atomic_path, write_json
@@ -130,8 +130,9 @@ class Pretrained:
 
 def save_weights(state_dict: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    data = save(tensors, metadata=metadata)  # serialized in memory: a full disk is then one OSError naming the file
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.write_bytes(data)
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -62,9 +62,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         # mkstemp makes 0600 files, and some writers (safetensors) recreate the file so: the usual permissions
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not e.filename and e.errno:  # a writer that did not say which file
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
         raise
 
 

@@ -54,9 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
 def one_line(error: BaseException) -> str:
     """An exception's message on one line (library messages may wrap; tracebacks never reach the user)."""
     text = " ".join(str(error).split())
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-        where = f" writing {error.filename}" if error.filename else ""
-        return f"no space left on the device{where}"
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        where = f"{error.filename}: " if error.filename else ""
+        why = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "over the file size limit",
+               errno.EDQUOT: "over the disk quota"}[error.errno]  # fmt: skip
+        return f"{where}{why} (nothing was written)"
     return text or type(error).__name__
 
 

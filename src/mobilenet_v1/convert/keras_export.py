@@ -139,6 +139,8 @@ def export_keras(model: MobileNetV1, path: str | os.PathLike, classifier_activat
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp's file is private (0600); give the export the usual mode
         os.replace(tmp, path)
+    except OSError as e:  # Keras's writers do not always say which file
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -100,5 +100,7 @@ def _write_dir(model, info, out: Path) -> None:
         else:
             for name in (WEIGHTS_NAME, CONFIG_NAME):  # weights first: config.json names a complete model
                 os.replace(tmp / name, out / name)
+    except OSError as e:  # name the output the user asked for, not the temporary directory
+        raise OSError(e.errno, e.strerror or str(e), str(out)) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

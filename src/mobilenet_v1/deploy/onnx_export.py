@@ -8,8 +8,10 @@ into place: a failed check, a bad input or a crash leaves nothing partial behind
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -175,11 +177,16 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, metadata: dict
     model = model.eval()
     meta = metadata_of(model, {"format": "torchscript", **(metadata or {})})
     folded = fold_bn(model).float()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # TF 'SAME' padding is traced as the constant of the example's size: the export is for that size, and the
+        # comparison below checks it (the tracer's warning about it says nothing the user can act on)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.freeze(torch.jit.trace(folded, example_input(folded, 2)))
     extra = {"mobilenet_v1.json": json.dumps(meta)}
+    buffer = io.BytesIO()  # serialized in memory: a full disk is then Python's OSError, not a C++ abort
+    torch.jit.save(traced, buffer, _extra_files=extra)
     with atomic_path(path) as tmp:
-        torch.jit.save(traced, str(tmp), _extra_files=extra)
+        tmp.write_bytes(buffer.getvalue())
         loaded = torch.jit.load(str(tmp))
         worst = 0.0
         for b in (1, 3):  # a traced graph records shapes; prove other batch sizes still run and agree
