@@ -17,9 +17,9 @@ from mobilenet_v1.checkpoint import TF_MEAN
 from mobilenet_v1.convert import load_any
 from mobilenet_v1.convert.common import conv_layers
 from mobilenet_v1.convert.tf_graph import read_tf_graph
-from mobilenet_v1.convert.tf_resize import tf1_resize_bilinear, tf_graph_input
 from mobilenet_v1.imagenet import imagenet_classes, label_of
 from mobilenet_v1.model import MobileNetV1, ModelConfig
+from mobilenet_v1.tf_resize import tf1_resize_bilinear, tf_graph_input
 from parity import assert_close, draw_sizes
 from test_convert_assets import google_graph, google_sdist, reference
 

@@ -21,26 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# ImageNet top-1 / top-5 (%) as their publishers printed them; not measured here.
-TF_SLIM_TABLE = "https://github.com/tensorflow/models/blob/master/research/slim/nets/mobilenet_v1.md"
-TF_SLIM = {  # TF-slim's table for the float mobilenet_v1_2018_08_02 releases (the `tf` source)
-    "mobilenet_v1_100_224": (70.9, 89.9),
-    "mobilenet_v1_100_192": (70.0, 89.2),
-    "mobilenet_v1_100_160": (68.0, 87.7),
-    "mobilenet_v1_100_128": (65.2, 85.8),
-    "mobilenet_v1_075_224": (68.4, 88.2),
-    "mobilenet_v1_075_192": (67.2, 87.3),
-    "mobilenet_v1_075_160": (65.3, 86.0),
-    "mobilenet_v1_075_128": (62.1, 83.9),
-    "mobilenet_v1_050_224": (63.3, 84.9),
-    "mobilenet_v1_050_192": (61.7, 83.6),
-    "mobilenet_v1_050_160": (59.1, 81.9),
-    "mobilenet_v1_050_128": (56.3, 79.4),
-    "mobilenet_v1_025_224": (49.8, 74.2),
-    "mobilenet_v1_025_192": (47.7, 72.3),
-    "mobilenet_v1_025_160": (45.5, 70.3),
-    "mobilenet_v1_025_128": (41.5, 66.3),
-}
+# ImageNet top-1 / top-5 (%) as their publishers printed them, not measured here: TF-slim's table is in the registry
+# (mobilenet_v1.pretrained.TF_SLIM_TOP, each `tf` entry's `published`), the paper's here.
 PAPER = {  # Howard et al. 2017: top-1 only, no weights released
     "mobilenet_v1_full_conv_100_224": (71.7, "Table 4"),
     "mobilenet_v1_shallow_100_224": (65.3, "Table 5"),
@@ -70,8 +52,9 @@ def model_table() -> str:
         sources = ", ".join(
             f"`{tag}`" + ("†" if weights.sha256 else "") for tag, weights in PRETRAINED.get(name, {}).items()
         )
-        if name in TF_SLIM:
-            top = "{:.1f} / {:.1f} (TF-slim, `tf`)".format(*TF_SLIM[name])
+        published = PRETRAINED.get(name, {}).get("tf")
+        if published is not None and published.published:
+            top = "{:.1f} / {:.1f} (TF-slim, `tf`)".format(*published.published)
         elif name in PAPER:
             top = "{:.1f} / – (paper, {})".format(*PAPER[name])
         else:

@@ -19,7 +19,8 @@ from . import spec
 from .files import atomic_path, write_json
 from .model import MobileNetV1, ModelConfig
 
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+# tf1_bilinear: TensorFlow 1's resize_bilinear (TF-slim's evaluation; mobilenet_v1.tf_resize), with crop_fraction
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "tf1_bilinear")
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = "mobilenet-v1"
@@ -43,9 +44,16 @@ class Preprocessing:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     grayscale: bool = False  # convert to one channel (in_chans=1 models)
+    # TF-slim's evaluation instead of resize + crop: the central fraction of each side (tf.image.central_crop), then
+    # resized to input_size × input_size (not keeping the aspect ratio)
+    crop_fraction: float | None = None
 
     def __post_init__(self):
         problems = []
+        if self.crop_fraction is not None and not (spec._number(self.crop_fraction) and 0 < self.crop_fraction <= 1):
+            problems.append(f"crop_fraction must be null or a number in (0, 1], got {self.crop_fraction!r}")
+        if self.interpolation == "tf1_bilinear" and self.crop_fraction is None:
+            problems.append("interpolation 'tf1_bilinear' is TF-slim's evaluation: it needs crop_fraction")
         if not (_integer(self.input_size) and 1 <= self.input_size <= spec.MAX_RESOLUTION):
             problems.append(f"input_size must be an integer in [1, {spec.MAX_RESOLUTION}], got {self.input_size!r}")
         if self.resize is not None and not (_integer(self.resize) and 1 <= self.resize <= 2 * spec.MAX_RESOLUTION):

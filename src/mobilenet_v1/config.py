@@ -11,7 +11,9 @@ from dataclasses import asdict, dataclass, field
 from . import spec
 
 ACTIVATIONS = ("relu", "relu6")  # the paper's ReLU; Google's released weights use ReLU6
-GLOBAL_POOLS = ("avg", "max")  # the paper's 7×7 average pool; Keras's feature extractors also offer max
+# the paper's 7×7 average pool; Keras's and timm's feature extractors also offer max, and "" (none: the forward
+# returns the last feature map, headless models only)
+GLOBAL_POOLS = ("avg", "max", "")
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,9 @@ class ModelConfig:
         if not isinstance(self.activation, str) or self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {self.activation!r}")
         if not isinstance(self.global_pool, str) or self.global_pool not in GLOBAL_POOLS:
-            raise ValueError(f"global_pool must be one of {', '.join(GLOBAL_POOLS)}; got {self.global_pool!r}")
+            raise ValueError(f"global_pool must be one of avg, max or '' (none); got {self.global_pool!r}")
+        if self.global_pool == "" and self.num_classes:
+            raise ValueError("global_pool '' (no pooling) is for a model without a classifier (num_classes 0)")
         if not (spec._number(self.dropout) and 0.0 <= self.dropout < 1.0):
             raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         if not (spec._number(self.bn_eps) and 0.0 < self.bn_eps <= 1.0):

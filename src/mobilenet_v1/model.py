@@ -7,12 +7,33 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from . import spec
 from .config import ModelConfig
 from .layers import ConvBNAct
 
-GLOBAL_POOLS = {"avg": nn.AdaptiveAvgPool2d, "max": nn.AdaptiveMaxPool2d}  # config.GLOBAL_POOLS, as modules
+# config.GLOBAL_POOLS, as modules ("": none)
+GLOBAL_POOLS = {"avg": lambda: nn.AdaptiveAvgPool2d(1), "max": lambda: nn.AdaptiveMaxPool2d(1), "": nn.Identity}
+# When a model carries no recorded preprocessing (``model.pretrained``): ImageNet's statistics, a 87.5% centre crop
+IMAGENET_MEAN, IMAGENET_STD, CROP_PCT = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 0.875
+
+
+class FeatureInfo(list):
+    """The maps a backbone returns, as timm describes them: a list of ``{"module", "num_chs", "reduction"}`` with
+    timm's accessors, so that code written for ``timm.create_model(..., features_only=True)`` reads it."""
+
+    def channels(self, idx: int | None = None):
+        return self._get("num_chs", idx)
+
+    def reduction(self, idx: int | None = None):
+        return self._get("reduction", idx)
+
+    def module_name(self, idx: int | None = None):
+        return self._get("module", idx)
+
+    def _get(self, key: str, idx: int | None):
+        return [f[key] for f in self] if idx is None else self[idx][key]
 
 
 class MobileNetV1(nn.Module):
@@ -84,17 +105,18 @@ class MobileNetV1(nn.Module):
         self.num_features = convs[-1].out_channels
         self.num_classes = config.num_classes
         self.features_only = features_only
-        taps = spec.feature_layers(layers)
+        self._taps = spec.feature_layers(layers)
         out_indices = tuple(out_indices)
-        if not out_indices or any(not 0 <= i < len(taps) for i in out_indices):
-            raise ValueError(f"out_indices must be a non-empty subset of 0..{len(taps) - 1}; got {out_indices}")
-        self.feature_info = [
-            {"module": f"features.{taps[i].name}", "num_chs": taps[i].out_channels, "reduction": taps[i].feature_stride}
-            for i in out_indices
-        ]
-        self._tap_names = {taps[i].name for i in out_indices}
+        if not out_indices or any(not 0 <= i < len(self._taps) for i in out_indices):
+            raise ValueError(f"out_indices must be a non-empty subset of 0..{len(self._taps) - 1}; got {out_indices}")
+        self.feature_info = FeatureInfo(
+            {"module": f"features.{tap.name}", "num_chs": tap.out_channels, "reduction": tap.reduction}
+            for tap in (self._taps[i] for i in out_indices)
+        )
+        self._tap_names = {self._taps[i].name for i in out_indices}
+        self.grad_checkpointing = False
         if not features_only:
-            self.global_pool = GLOBAL_POOLS[config.global_pool](1)
+            self.global_pool = GLOBAL_POOLS[config.global_pool]()
             self.dropout = nn.Dropout(config.dropout)
             self.classifier = nn.Linear(self.num_features, config.num_classes) if config.num_classes else nn.Identity()
         self.reset_parameters()
@@ -118,6 +140,10 @@ class MobileNetV1(nn.Module):
         """The last feature map, or (``features_only``) the list of maps at the selected strides."""
         self._check_input(x)
         if not self.features_only:
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                for block in self.features:  # recompute each block's activations in the backward, not store them
+                    x = checkpoint(block, x, use_reentrant=False)
+                return x
             return self.features(x)
         maps = []
         for name, module in self.features.named_children():
@@ -129,18 +155,88 @@ class MobileNetV1(nn.Module):
         return maps
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.dropout(torch.flatten(self.global_pool(x), 1))
+        """Pool, dropout and classify the last feature map; ``pre_logits``: stop before the classifier."""
+        x = self.global_pool(x)
+        if self.config.global_pool:
+            x = torch.flatten(x, 1)
+        x = self.dropout(x)
         return x if pre_logits else self.classifier(x)
 
     def forward(self, x: torch.Tensor):
         x = self.forward_features(x)
         return x if self.features_only else self.forward_head(x)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the head (fine-tuning on a different class count)."""
-        self.config = ModelConfig.from_dict({**self.config.to_dict(), "num_classes": num_classes})
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: int | Sequence[int] | None = None, norm: bool = False,
+        stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:  # fmt: skip
+        """timm's ``forward_intermediates``: the maps at strides 2, 4, 8, 16, 32 (``indices``: these positions,
+        or the last ``n``; all by default) and, unless ``intermediates_only``, the last feature map.
+        ``norm`` has no effect (MobileNet-V1 ends in no norm layer); ``stop_early`` stops at the last one asked."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        self._check_input(x)
+        n = len(self._taps)
+        if isinstance(indices, int):
+            wanted = list(range(n - indices, n))
+        else:
+            wanted = list(range(n) if indices is None else indices)
+        if any(not -n <= i < n for i in wanted):
+            raise ValueError(f"indices must be within 0..{n - 1}; got {indices!r}")
+        wanted = sorted(i % n for i in wanted)
+        names = {self._taps[i].name: i for i in wanted}
+        last = self._taps[wanted[-1]].name if wanted else None
+        intermediates = []
+        for name, block in self.features.named_children():
+            x = block(x)
+            if name in names:
+                intermediates.append(x)
+            if (stop_early or intermediates_only) and name == last:
+                break
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the head (fine-tuning on a different class count); ``global_pool``: "avg", "max", or "" (no
+        pooling: the forward returns the last feature map; with ``num_classes=0``), as timm's."""
+        pool = self.config.global_pool if global_pool is None else global_pool
+        self.config = ModelConfig.from_dict({**self.config.to_dict(), "num_classes": num_classes, "global_pool": pool})
         self.num_classes = num_classes
+        self.global_pool = GLOBAL_POOLS[pool]()
         self.classifier = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         if num_classes:
             nn.init.normal_(self.classifier.weight, 0.0, 0.01)
             nn.init.zeros_(self.classifier.bias)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward instead of storing them (less memory, more time)."""
+        self.grad_checkpointing = enable
+
+    @property
+    def pretrained_cfg(self) -> dict:
+        """timm's description of the model's input, so ``timm.data.resolve_model_data_config(model)`` and
+        ``timm.data.create_transform`` reproduce its preprocessing: the recorded one (``model.pretrained``, set by
+        ``from_pretrained`` and the converters), else ImageNet's statistics and a 87.5% centre crop."""
+        c = self.config
+        pre = getattr(getattr(self, "pretrained", None), "preprocessing", None)
+        size = pre.input_size if pre else c.resolution
+        crop = (pre.crop_fraction or (size / pre.resize if pre.resize else 1.0)) if pre else CROP_PCT
+        return {
+            "architecture": "mobilenet_v1",
+            "num_classes": c.num_classes,
+            "input_size": (c.in_chans, size, size),
+            "pool_size": tuple(self._taps[-1].output_hw),
+            "crop_pct": crop,
+            "crop_mode": "center",
+            "interpolation": pre.interpolation.removeprefix("tf1_") if pre else "bilinear",
+            "mean": tuple(pre.mean) if pre else IMAGENET_MEAN,
+            "std": tuple(pre.std) if pre else IMAGENET_STD,
+            "first_conv": "features.Conv2d_0.conv",
+            "classifier": "classifier",
+        }
+
+    @property
+    def default_cfg(self) -> dict:  # timm's older name for pretrained_cfg
+        return self.pretrained_cfg

@@ -10,6 +10,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import InterpolationMode, v2
 
 from .checkpoint import Preprocessing
+from .tf_resize import tf1_resize_bilinear
 
 PRESETS = ("inception", "small")
 SMALL_ERASING = 0.25  # the ``small`` preset's default random-erasing probability
@@ -63,12 +64,43 @@ def _to_input(pre: Preprocessing):
 
 
 def _interp(name: str) -> InterpolationMode:
-    return InterpolationMode(name)
+    return InterpolationMode("bilinear" if name == "tf1_bilinear" else name)
+
+
+_PIL_RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
+
+class CentralCropResize:
+    """TF-slim's evaluation geometry: the central ``fraction`` of each side, as ``tf.image.central_crop`` rounds it,
+    then resized to ``size`` × ``size``, on float pixels in [0, 1]; ``tf1`` uses TensorFlow 1's resize_bilinear
+    (what TF-slim ran), else PIL's with ``interpolation``. A PIL image in, a float CHW tensor out."""
+
+    def __init__(self, fraction: float, size: int, interpolation: str = "tf1_bilinear"):
+        self.fraction, self.size, self.interpolation = fraction, size, interpolation
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        w, h = img.size
+        top, left = int((h - h * self.fraction) / 2), int((w - w * self.fraction) / 2)
+        if self.interpolation == "tf1_bilinear":
+            arr = np.asarray(img, dtype=np.float32) / np.float32(255.0)  # TF-slim: convert_image_dtype first
+            arr = arr[..., None] if arr.ndim == 2 else arr
+            arr = tf1_resize_bilinear(arr[top : h - top, left : w - left], self.size, self.size)
+        else:
+            crop = img.crop((left, top, w - left, h - top))
+            arr = np.asarray(crop.resize((self.size, self.size), _PIL_RESAMPLE[self.interpolation]), np.float32) / 255
+        return torch.from_numpy(np.ascontiguousarray(arr.reshape(self.size, self.size, -1).transpose(2, 0, 1)))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(fraction={self.fraction}, size={self.size}, interpolation={self.interpolation})"
 
 
 def eval_transform(pre: Preprocessing) -> v2.Compose:
-    """Resize (shorter side to ``resize``, then centre crop) or straight to ``input_size``; normalise."""
+    """Resize (shorter side to ``resize``, then centre crop) or straight to ``input_size``, or TF-slim's central
+    crop then resize (``crop_fraction``); normalise."""
     size = pre.input_size
+    if pre.crop_fraction is not None:
+        geometry = CentralCropResize(pre.crop_fraction, size, pre.interpolation)
+        return v2.Compose([_channels(pre), geometry, v2.Normalize(mean=list(pre.mean), std=list(pre.std))])
     if pre.resize:
         geometry = [
             v2.Resize(pre.resize, interpolation=_interp(pre.interpolation), antialias=True),

@@ -23,6 +23,7 @@ the converted model, so each file is downloaded and converted once.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -32,14 +33,34 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoint import CONFIG_NAME, from_pretrained
+from . import spec
+from .checkpoint import CONFIG_NAME, Preprocessing, from_pretrained
+from .config import ModelConfig
+from .convert.common import keras_preprocessing, tf_preprocessing
+from .convert.timm_sd import TIMM_MEAN, TIMM_STD
+from .cost import cost_of
 from .files import atomic_path, cache_dir, sha256_of
+from .imagenet import imagenet_classes
 from .model import MobileNetV1
+
+PUBLISHERS = {"tf": "Google (TF-slim)", "keras": "Keras", "keras_no_top": "Keras", "timm": "timm (Ross Wightman)"}
+PUBLISHED_FROM = {  # where the ImageNet accuracy in meta["_metrics"] was printed
+    "tf": "https://github.com/tensorflow/models/blob/master/research/slim/nets/mobilenet_v1.md",
+    "keras": "https://github.com/tensorflow/models/blob/master/research/slim/nets/mobilenet_v1.md (the same weights)",
+}
+# TF-slim's table for the float mobilenet_v1_2018_08_02 releases: ImageNet top-1 / top-5 (%), not measured here.
+TF_SLIM_TOP = {
+    "1.0_224": (70.9, 89.9), "1.0_192": (70.0, 89.2), "1.0_160": (68.0, 87.7), "1.0_128": (65.2, 85.8),
+    "0.75_224": (68.4, 88.2), "0.75_192": (67.2, 87.3), "0.75_160": (65.3, 86.0), "0.75_128": (62.1, 83.9),
+    "0.5_224": (63.3, 84.9), "0.5_192": (61.7, 83.6), "0.5_160": (59.1, 81.9), "0.5_128": (56.3, 79.4),
+    "0.25_224": (49.8, 74.2), "0.25_192": (47.7, 72.3), "0.25_160": (45.5, 70.3), "0.25_128": (41.5, 66.3),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Weights:
-    """One downloadable weights file."""
+    """One downloadable weights file, and what torchvision's ``Weights`` tell about theirs: :meth:`transforms` (the
+    publisher's preprocessing) and :attr:`meta` (classes, source, license, size, cost, published accuracy)."""
 
     url: str
     filename: str  # name in the cache's downloads/ (URLs such as huggingface's all end in model.safetensors)
@@ -47,6 +68,46 @@ class Weights:
     resolution: int  # the input size the weights were trained at (Keras .h5 files do not record it)
     preprocessing: dict = field(default_factory=dict)  # overrides of what the converter records
     sha256_from: str = ""  # where the checksum was published
+    name: str = ""  # the model's registry name
+    source: str = ""  # tf, keras, keras_no_top, timm
+    published: tuple[float, float] | None = None  # ImageNet top-1, top-5 (%) as the publisher printed them
+
+    def preprocessing_spec(self) -> Preprocessing:
+        """The publisher's documented preprocessing, as the converted model records it."""
+        if self.source == "tf":
+            pre = tf_preprocessing(self.resolution)
+        elif self.source.startswith("keras"):
+            pre = keras_preprocessing(self.resolution)
+        else:
+            pre = Preprocessing(input_size=self.resolution, interpolation="bicubic", mean=TIMM_MEAN, std=TIMM_STD)
+        return dataclasses.replace(pre, **self.preprocessing)
+
+    def transforms(self):
+        """A torchvision v2 transform: a PIL image → the model's input tensor, as the publisher preprocessed
+        (TF-slim's central crop and TF1 resize; Keras's resize and x/127.5 − 1; timm's resize, crop and scale)."""
+        from .preprocess import eval_transform  # noqa: PLC0415 - torchvision only when asked
+
+        return eval_transform(self.preprocessing_spec())
+
+    @property
+    def meta(self) -> dict:
+        width = int(re.fullmatch(r"mobilenet_v1_(\d{3})_\d+", self.name)[1]) / 100
+        classes = 0 if self.source == "keras_no_top" else 1001 if self.source == "tf" else 1000
+        cost = cost_of(ModelConfig(width, self.resolution, num_classes=classes))
+        return {
+            "categories": imagenet_classes() if classes else None,
+            "label_offset": 1 if classes == 1001 else 0,  # logit 0 is "background"
+            "source": self.url,
+            "publisher": PUBLISHERS[self.source],
+            "license": "Apache-2.0",  # TF-slim's models, Keras's copies of them, timm's weights
+            "num_params": cost.trainable_params,
+            "mult_adds": cost.mult_adds,
+            "min_size": (spec.MIN_RESOLUTION, spec.MIN_RESOLUTION),
+            "sha256": self.sha256,
+            "_metrics": {"ImageNet-1K": {"acc@1": self.published[0], "acc@5": self.published[1]}}
+            if self.published else {},  # fmt: skip
+            "_docs": PUBLISHED_FROM.get(self.source, ""),
+        }
 
 
 TF_SLIM = "https://storage.googleapis.com/download.tensorflow.org/models/mobilenet_v1_2018_08_02/"
@@ -86,17 +147,22 @@ def _registry() -> dict[str, dict[str, Weights]]:
             tf_name = f"mobilenet_v1_{tf_alpha}_{res}.tgz"
             sha = TF_SLIM_SHA256.get(f"{tf_alpha}_{res}")
             k = f"mobilenet_{_KERAS_ALPHA[width]}_{res}_tf"
-            table[f"mobilenet_v1_{width}_{res}"] = {
-                "tf": Weights(TF_SLIM + tf_name, tf_name, sha, res, sha256_from=OMZ if sha else ""),
-                "keras": Weights(KERAS + k + ".h5", k + ".h5", None, res),
-                "keras_no_top": Weights(KERAS + k + "_no_top.h5", k + "_no_top.h5", None, res),
-            }
+            name, top = f"mobilenet_v1_{width}_{res}", TF_SLIM_TOP[f"{tf_alpha}_{res}"]
+            table[name] = {
+                "tf": Weights(TF_SLIM + tf_name, tf_name, sha, res, sha256_from=OMZ if sha else "", name=name,
+                              source="tf", published=top),
+                "keras": Weights(KERAS + k + ".h5", k + ".h5", None, res, name=name, source="keras", published=top),
+                "keras_no_top": Weights(KERAS + k + "_no_top.h5", k + "_no_top.h5", None, res, name=name,
+                                        source="keras_no_top"),
+            }  # fmt: skip
     for width, crop in (("100", 0.875), ("125", 0.9)):  # timm's pretrained_cfg crop_pct for each
         tag = f"mobilenetv1_{width}.ra4_e3600_r224_in1k"
         revision, sha = TIMM_RELEASES[width]
         url = TIMM.format(tag=tag, revision=revision)
-        timm = Weights(url, tag + ".safetensors", sha, 224, {"resize": int(224 / crop)}, sha256_from=TIMM_FROM)
-        table.setdefault(f"mobilenet_v1_{width}_224", {})["timm"] = timm
+        name = f"mobilenet_v1_{width}_224"
+        timm = Weights(url, tag + ".safetensors", sha, 224, {"resize": int(224 / crop)}, sha256_from=TIMM_FROM,
+                       name=name, source="timm")  # fmt: skip
+        table.setdefault(name, {})["timm"] = timm
     return table
 
 

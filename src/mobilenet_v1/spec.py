@@ -95,6 +95,7 @@ class Layer:
     output_hw: tuple[int, int]
     block: int  # Table 1 row index (-1 for pool and FC)
     feature_stride: int  # nominal stride of the output relative to the input (before dilation)
+    reduction: int = 0  # the actual stride of the output (at most output_stride: dilation replaces the rest)
 
     @property
     def params(self) -> int:
@@ -244,7 +245,8 @@ def resolve(
         nonlocal channels, hw
         depthwise = op == OP_DEPTHWISE
         out_hw = tuple(output_size(size, kernel, stride, dilation, padding, depthwise) for size in hw)
-        layers.append(Layer(name, op, kernel, stride, dilation, channels, out, groups, hw, out_hw, block, nominal))
+        layers.append(Layer(name, op, kernel, stride, dilation, channels, out, groups, hw, out_hw, block, nominal,
+                            current_stride))  # fmt: skip
         channels, hw = out, out_hw
 
     for i, row in _rows(variant):
@@ -262,9 +264,11 @@ def resolve(
             add(f"Conv2d_{i}_depthwise", OP_DEPTHWISE, row.kernel, stride, dilation, channels, channels, i, nominal)
             add(f"Conv2d_{i}_pointwise", OP_POINTWISE, 1, 1, 1, out, 1, i, nominal)
     final = current_stride * rate
-    layers.append(Layer("AvgPool", OP_POOL, hw[0], 1, 1, channels, channels, channels, hw, (1, 1), -1, final))
+    layers.append(Layer("AvgPool", OP_POOL, hw[0], 1, 1, channels, channels, channels, hw, (1, 1), -1, final,
+                        current_stride))  # fmt: skip
     if num_classes:
-        layers.append(Layer("Logits", OP_FC, 1, 1, 1, channels, num_classes, 1, (1, 1), (1, 1), -1, final))
+        layers.append(Layer("Logits", OP_FC, 1, 1, 1, channels, num_classes, 1, (1, 1), (1, 1), -1, final,
+                            current_stride))  # fmt: skip
     return layers
 
 

@@ -1,5 +1,5 @@
-"""``mobilenet-v1 convert SRC -o OUT``: TF frozen graph / TF-slim tarball, Keras or timm weights → ours,
-or any of those (or ours) → Keras when OUT ends in ``.keras`` / ``.weights.h5``.
+"""``mobilenet-v1 convert SRC -o OUT``: TF frozen graph / TF-slim tarball, Keras, timm or transformers weights →
+ours, or any of those (or ours) → Keras, transformers (``--to hf``) or timm's layout (``--to timm``).
 
 SRC may also be a released model's name (``mobilenet_v1_050_160`` or ``mobilenet_v1_050_160:keras``),
 downloaded once into the cache (see ``mobilenet_v1.pretrained``).
@@ -11,12 +11,16 @@ import argparse
 from pathlib import Path
 
 from ..convert import FORMATS, convert
+from ..convert.output import TARGETS
 from ..pretrained import PRETRAINED, fetch_source
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", metavar="SRC", help="weights file, converted model directory, or NAME[:SOURCE]")
     p.add_argument("-o", "--output", required=True, help="output directory, or a .keras / .weights.h5 file")
+    p.add_argument("--to", default="auto", choices=TARGETS,
+                   help="output layout: ours (a directory), keras, hf (a transformers directory), timm (a .safetensors "
+                        "of timm's names); default: keras for .keras/.weights.h5, else ours")  # fmt: skip
     p.add_argument("--format", default="auto", choices=("auto", *FORMATS), help="source format (default: detect)")
     p.add_argument("--alpha", type=float, default=None, help="fail unless the source has this width multiplier")
     p.add_argument(
@@ -42,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         width_multiplier=args.alpha,
         num_classes=args.num_classes,
         resolution=args.resolution,
+        to=args.to,
     )
     print(result.to_json() if args.json else result.summary())
     return 0

@@ -19,7 +19,7 @@ from ..imagenet import imagenet_labels
 from ..model import MobileNetV1, ModelConfig
 
 CONV_OPS = (spec.OP_CONV, spec.OP_DEPTHWISE, spec.OP_POINTWISE)
-TF_SLIM_CROP = 0.875  # TF-slim / Keras ImageNet eval: central crop of 87.5 % (224 of 256)
+TF_SLIM_CROP = 0.875  # TF-slim's ImageNet evaluation: the central 87.5% of each side
 
 
 @dataclass
@@ -125,14 +125,16 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
 
 
 def tf_preprocessing(resolution: int) -> Preprocessing:
-    """TF-slim / Keras ImageNet preprocessing: central 87.5 % crop, bilinear, x/127.5 − 1."""
-    return Preprocessing(
-        input_size=resolution,
-        resize=int(resolution / TF_SLIM_CROP),
-        interpolation="bilinear",
-        mean=TF_MEAN,
-        std=TF_STD,
-    )
+    """TF-slim's ImageNet evaluation (``inception_preprocessing.preprocess_for_eval``): the central 87.5% of each
+    side, resized to ``resolution`` with TF1's bilinear kernel, then x/127.5 − 1."""
+    return Preprocessing(input_size=resolution, interpolation="tf1_bilinear", mean=TF_MEAN, std=TF_STD,
+                         crop_fraction=TF_SLIM_CROP)  # fmt: skip
+
+
+def keras_preprocessing(resolution: int) -> Preprocessing:
+    """Keras's documented use: the image loaded at the input size (``load_img(target_size=...)``, here bilinear),
+    then ``keras.applications.mobilenet.preprocess_input`` (x/127.5 − 1)."""
+    return Preprocessing(input_size=resolution, interpolation="bilinear", mean=TF_MEAN, std=TF_STD)
 
 
 def describe(model: MobileNetV1, info: Pretrained) -> dict:

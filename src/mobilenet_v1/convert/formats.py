@@ -14,9 +14,10 @@ from pathlib import Path
 
 from ..checkpoint import CONFIG_NAME, Pretrained, from_pretrained
 from ..model import MobileNetV1
+from .hf import is_hf_dir, read_hf
 
-OURS, TF_GRAPH, TARBALL, KERAS, TIMM = "mobilenet-v1", "tf-graph", "tarball", "keras", "timm"
-FORMATS = (OURS, TF_GRAPH, TARBALL, KERAS, TIMM)
+OURS, TF_GRAPH, TARBALL, KERAS, TIMM, HF = "mobilenet-v1", "tf-graph", "tarball", "keras", "timm", "hf"
+FORMATS = (OURS, TF_GRAPH, TARBALL, KERAS, TIMM, HF)
 _HDF5 = b"\x89HDF\r\n\x1a\n"
 
 
@@ -24,9 +25,7 @@ def detect_format(path: str | os.PathLike) -> str:
     """One of :data:`FORMATS`; ``ValueError`` naming the file when it is none of them."""
     path = Path(path)
     if path.is_dir():
-        if (path / CONFIG_NAME).is_file():
-            return OURS
-        raise ValueError(f"{path}: a directory without {CONFIG_NAME} is not a converted model")
+        return _dir_format(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     with open(path, "rb") as f:
@@ -51,6 +50,14 @@ def detect_format(path: str | os.PathLike) -> str:
         f"{path}: unrecognised format (expected a TF frozen graph .pb or TF-slim .tgz, Keras .h5/.weights.h5/.keras, "
         "timm .safetensors/.pth, or a converted model directory)"
     )
+
+
+def _dir_format(path: Path) -> str:
+    if is_hf_dir(path):
+        return HF
+    if (path / CONFIG_NAME).is_file():
+        return OURS
+    raise ValueError(f"{path}: a directory without {CONFIG_NAME} is neither a converted nor a transformers model")
 
 
 def _zip_format(path: Path) -> str:
@@ -115,6 +122,8 @@ def load_any(
         else:
             data, where = path.read_bytes(), str(path)
         model, info = read_tf_graph(data, where, resolution)
+    elif kind == HF:
+        model, info = read_hf(path)
     elif kind == KERAS:
         from .keras_h5 import read_keras
 

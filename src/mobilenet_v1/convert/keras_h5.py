@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..model import MobileNetV1
-from .common import ConvBN, assemble, conv_layers, depthwise_to_torch, hwio_to_torch, make_info, tf_preprocessing
+from .common import ConvBN, assemble, conv_layers, depthwise_to_torch, hwio_to_torch, keras_preprocessing, make_info
 from .tf_graph import MAX_CONSTANT
 
 FORMAT = "keras"
@@ -228,4 +228,4 @@ def _to_model(weights: dict, config: dict | None, where: str, resolution: int) -
     model = assemble(convs, head, where=where, activation=activation, padding="keras", bn_eps=eps,
                      resolution=resolution, global_pool=pool)  # fmt: skip
     source = {"format": FORMAT, "file": Path(where).name, "keras_config": config is not None}
-    return model, make_info(model, tf_preprocessing(resolution), source)
+    return model, make_info(model, keras_preprocessing(resolution), source)

@@ -19,7 +19,11 @@ from ..files import remove_stale_temporaries
 from ..rundir import is_run
 from .adapt import adapt
 from .common import describe
-from .formats import detect_format, load_any
+from .formats import OURS, detect_format, load_any
+from .hf import write_hf
+from .timm_sd import write_timm
+
+TARGETS = ("auto", OURS, "keras", "hf", "timm")
 
 
 @dataclass
@@ -57,23 +61,35 @@ def convert(
     width_multiplier: float | None = None,
     num_classes: int | None = None,
     resolution: int | None = None,
+    to: str = "auto",
 ) -> ConvertResult:
-    """Convert ``src`` into ``out``: a directory (``config.json`` + ``model.safetensors``), or a Keras
-    file when ``out`` ends in ``.keras`` / ``.weights.h5``.
+    """Convert ``src`` into ``out``, in the layout ``to`` names: ours (a directory: ``config.json`` +
+    ``model.safetensors``), ``keras`` (a ``.keras`` / ``.weights.h5`` file), ``hf`` (a transformers directory) or
+    ``timm`` (a ``.safetensors`` file of timm's names); ``auto``: Keras for those suffixes, else ours.
 
     ``width_multiplier`` / ``num_classes`` are expectations: a source that differs is an error (except
     1000 from Google's 1001 classes, which drops the background logit). ``resolution`` is recorded
     where the source has none.
     """
     src, out = Path(src), Path(out)
+    if to not in TARGETS:
+        raise ValueError(f"--to must be one of {', '.join(TARGETS)}; got {to!r}")
+    if to == "auto":
+        to = "keras" if out.name.endswith((".keras", ".weights.h5")) else OURS
+    if to == "timm" and out.suffix != ".safetensors":  # before reading anything
+        raise ValueError(f"{out}: a timm export is a .safetensors file")
     kind = detect_format(src) if format == "auto" else format
     model, info = load_any(src, resolution=resolution, format=kind)
     model = adapt(model, info, str(src), width_multiplier=width_multiplier, num_classes=num_classes)
     info = model.pretrained
-    if out.name.endswith((".keras", ".weights.h5")):
+    if to == "keras":
         from .keras_export import export_keras
 
         export_keras(model, out)
+    elif to == "hf":
+        write_hf(model, out, info)
+    elif to == "timm":
+        write_timm(model, out)
     else:
         _write_dir(model, info, out)
     return ConvertResult(str(src), kind, str(out), describe(model, info), list(info.source.get("dropped", [])))

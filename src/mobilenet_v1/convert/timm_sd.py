@@ -10,13 +10,16 @@ and BatchNorm2d's ε = 1e-5 — i.e. our ``padding='symmetric'``, ``bn_eps=1e-5`
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save
 
 from ..checkpoint import Preprocessing
+from ..files import atomic_path
 from ..model import MobileNetV1
 from .common import ConvBN, assemble, conv_layers, make_info
 
@@ -105,3 +108,69 @@ def read_timm(state: dict[str, torch.Tensor], where: str, resolution: int = 224)
 
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().to(torch.float32).cpu().numpy()
+
+
+# timm's mobilenetv1 arch_def: stages of 1, 2, 2, 6 and 2 depthwise-separable blocks (Table 1's 13, grouped by the
+# stride-2 block that opens each stage); timm names them blocks.<stage>.<i>
+TIMM_STAGES = (1, 2, 2, 6, 2)
+TIMM_ARCHS = {1.0: "mobilenetv1_100", 1.25: "mobilenetv1_125"}  # the widths timm builds (its channel rounding
+# equals int(α·N) at these, not at others)
+
+
+def timm_incompatibilities(model: MobileNetV1) -> list[str]:
+    """Why ``timm.create_model(arch, pad_type=..., bn_eps=..., act_layer=...)`` cannot hold this model exactly."""
+    c = model.config
+    problems = []
+    if c.width_multiplier not in TIMM_ARCHS:
+        problems.append(f"alpha {c.width_multiplier:g} (timm builds MobileNet-V1 at {', '.join(map(str, TIMM_ARCHS))})")
+    if c.variant != "standard":
+        problems.append(f"variant {c.variant!r}")
+    if c.padding == "keras":
+        problems.append("padding 'keras' (timm pads symmetrically or like TF 'SAME': pad_type='' or 'same')")
+    if c.in_chans != 3:
+        problems.append(f"in_chans {c.in_chans} (timm's ImageNet layout)")
+    return problems
+
+
+def timm_state_dict(model: MobileNetV1) -> dict[str, torch.Tensor]:
+    """Our weights under timm's names (``conv_stem``, ``bn1``, ``blocks.<s>.<i>.conv_dw``/``bn1``/``conv_pw``/``bn2``,
+    ``classifier``); ``ValueError`` for what timm cannot express (:func:`timm_incompatibilities`)."""
+    problems = timm_incompatibilities(model)
+    if problems:
+        raise ValueError(f"cannot export to timm's MobileNet-V1: {'; '.join(problems)}")
+    state = model.state_dict()
+    targets = [("conv_stem", "bn1")]
+    for stage, count in enumerate(TIMM_STAGES):
+        for i in range(count):
+            targets += [(f"blocks.{stage}.{i}.conv_dw", f"blocks.{stage}.{i}.bn1")]
+            targets += [(f"blocks.{stage}.{i}.conv_pw", f"blocks.{stage}.{i}.bn2")]
+    out = {}
+    for layer, (conv, bn) in zip(conv_layers(model.config.width_multiplier, model.config.min_depth), targets):
+        out[f"{conv}.weight"] = state[f"features.{layer.name}.conv.weight"]
+        for k in (*_BN, "num_batches_tracked"):
+            out[f"{bn}.{k}"] = state[f"features.{layer.name}.bn.{k}"]
+    if model.config.num_classes:
+        out["classifier.weight"], out["classifier.bias"] = state["classifier.weight"], state["classifier.bias"]
+    return {k: v.detach().contiguous().cpu() for k, v in out.items()}
+
+
+def timm_create_args(model: MobileNetV1) -> dict:
+    """What ``timm.create_model`` needs to build the same network: its name and keyword arguments."""
+    c = model.config
+    kwargs = {"num_classes": c.num_classes, "pad_type": "same" if c.padding == "tf_same" else "", "bn_eps": c.bn_eps,
+              "act_layer": c.activation, "global_pool": c.global_pool}  # fmt: skip
+    if c.output_stride != 32:
+        kwargs["output_stride"] = c.output_stride
+    return {"model_name": TIMM_ARCHS[c.width_multiplier], **kwargs}
+
+
+def write_timm(model: MobileNetV1, out: str | Path) -> Path:
+    """timm's layout as ``.safetensors`` (atomically), with the ``create_model`` arguments in its metadata."""
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"{out}: a timm export is a .safetensors file")
+    tensors = timm_state_dict(model)  # refuses first what timm cannot build
+    data = save(tensors, metadata={"format": "pt", "timm_create_model": json.dumps(timm_create_args(model))})
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(data)
+    return out
