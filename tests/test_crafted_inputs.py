@@ -366,12 +366,18 @@ def test_two_trainings_into_one_directory(work):
 def test_ctrl_c_is_one_line_and_exit_130(work):
     args = ["--out", work / "interrupted", "--epochs", "50", "--data", "/usr/share/datasets/fashion-mnist",
             "--alpha", "0.25", "--resolution", "32", "--grayscale", "--workers", "0", "--quiet"]  # fmt: skip
+    # a shell runs background jobs with SIGINT ignored, and Python keeps an ignored SIGINT ignored: restore it,
+    # as a terminal's Ctrl-C finds it
     proc = subprocess.Popen([sys.executable, "-m", "mobilenet_v1", "train", *map(str, args)], cwd=work,
                             env={**os.environ, "MOBILENET_V1_CACHE": str(work / ".cache")},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    time.sleep(8)  # in start-up or in the first epoch: either must end the same way
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:
+        time.sleep(8)  # in start-up or in the first epoch: either must end the same way
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
     lines = err.strip().splitlines()
     assert proc.returncode == 130 and lines == ["mobilenet-v1 train: interrupted"], (proc.returncode, err[-2000:])
 
