@@ -10,9 +10,12 @@ calibration on 300 random crops of them (seed 0). ``--data photos-holdout``: cal
 Every recipe is measured at each weight range (7-bit int8, 8-bit int8, uint8: ``--ranges``), each file evaluated
 through ``exact_int8_session``: what it computes where int8 products are summed exactly, on any x86 CPU. The
 recipe × range table (top-1 agreement with fp32, mean KL to fp32) is printed after the JSON.
+``--executorch`` adds the ExecuTorch programs (``export --format executorch``, fp32 and PT2E int8 with the XNNPACK
+quantizer, per-channel, the same calibration images), each run in ExecuTorch's runtime at batch 1; ``--recipes``
+limits the ONNX Runtime recipes measured beside them.
 ``--qat-steps N`` adds variants fine-tuned through the simulated int8 graph (``deploy/qat.py``) for N steps.
 ``--data gcompris``: the 219 photographs of animals and objects in Debian's gcompris-qt-data
-(``deploy/debian_photos.py``, fetched with apt-get), one centre-cropped view each; calibration on the 300
+(``tests/debian_photos.py``, fetched with apt-get), one centre-cropped view each; calibration on the 300
 crops of the bundled photos above, so no evaluation photo is seen. ``--data photo-crops``: 500 random crops
 (seed 1) instead. ``--data DIR``: any image directory, calibration on ``--calibration DIR``.
 Prints one JSON object (and writes it with ``--out``).
@@ -86,6 +89,16 @@ def logits_onnx(path, images, pre) -> np.ndarray:
     return np.concatenate([session.run(None, {"input": b})[0] for b in batches(images, pre, 64)])
 
 
+def logits_executorch(model, path, int8, calib, images, pre) -> np.ndarray:
+    """Export a ``.pte`` (fp32, or int8 calibrated on ``calib``) and run it in ExecuTorch's runtime, batch 1."""
+    from mobilenet_v1.deploy.mobile import export_executorch, runtime_method
+
+    export_executorch(model, path, int8=int8, calibration=calib, limit=None)
+    method = runtime_method(path)
+    return np.concatenate([method.execute([torch.from_numpy(b[i : i + 1])])[0].numpy()
+                           for b in batches(images, pre, 64) for i in range(len(b))])  # fmt: skip
+
+
 # Weight ranges: (label, weight type, reduce_range). 7-bit int8 is ORT's remedy for CPUs without VNNI; every file
 # is evaluated through exact_int8_session, so the 8-bit row is what a VNNI or ARM CPU computes, on any x86 CPU.
 RANGES = (("int8, 7-bit", "int8", True), ("int8, 8-bit", "int8", False), ("uint8", "uint8", False))
@@ -127,6 +140,8 @@ def main(argv=None) -> int:
     p.add_argument("--calibration", help="image directory for calibration (with --data DIR)")
     p.add_argument("--method", default="minmax", help="calibration method: minmax, entropy, percentile")
     p.add_argument("--ranges", nargs="+", default=[label for label, *_ in RANGES], help="weight ranges to measure")
+    p.add_argument("--recipes", nargs="+", default=[label for label, *_ in RECIPES], help="ORT recipes to measure")
+    p.add_argument("--executorch", action="store_true", help="add ExecuTorch's fp32 and int8 programs (XNNPACK)")
     p.add_argument("--qat-steps", type=int, default=0, help="add QAT variants fine-tuned for this many steps")
     p.add_argument("--qat-lr", type=float, default=None, help="its learning rate (default: qat.DEFAULT_LR)")
     p.add_argument("--out", help="write the JSON result here too, and the table beside it (.md)")
@@ -150,7 +165,7 @@ def main(argv=None) -> int:
         runs = [(f"{label}: {recipe}", weight_type, reduce_range, per_channel, corrected, rounded, 0)
                 for label, weight_type, reduce_range in RANGES if label in args.ranges
                 for recipe, per_channel, corrected, rounded in RECIPES
-                if weight_type == "int8" or per_channel]  # fmt: skip
+                if (weight_type == "int8" or per_channel) and recipe in args.recipes]  # fmt: skip
         if args.qat_steps:
             runs += [(f"{label}: + QAT ({args.qat_steps} steps)", w, r, True, True, "depthwise", args.qat_steps)
                      for label, w, r in RANGES if label in args.ranges]  # fmt: skip
@@ -168,6 +183,13 @@ def main(argv=None) -> int:
             variants[name] = logits_onnx(path, images, pre)[:, offset:]
             result.setdefault("quantize_seconds", {})[name] = round(time.perf_counter() - start, 1)
             print(f"{name}: {100.0 * float((variants[name].argmax(1) == ref.argmax(1)).mean()):.1f}%", file=sys.stderr)
+        if args.executorch:
+            for int8 in (False, True):
+                start = time.perf_counter()
+                name = f"ExecuTorch {'int8 (PT2E, XNNPACK quantizer, per-channel)' if int8 else 'fp32'}"
+                variants[name] = logits_executorch(model, Path(work) / f"{int(int8)}.pte", int8, calib, images,
+                                                   pre)[:, offset:]  # fmt: skip
+                result.setdefault("quantize_seconds", {})[name] = round(time.perf_counter() - start, 1)
     top1 = ref.argmax(1)
     top5 = np.argsort(-ref, 1)[:, :5]
     exp = np.exp(ref - ref.max(1, keepdims=True))

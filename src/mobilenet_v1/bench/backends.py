@@ -29,6 +29,7 @@ class Backend:
     note: str = ""
     default: bool = True  # part of `mobilenet-v1 bench`'s default set (candidates are asked for by name)
     builder: str | None = None  # "module:function" building it, for backends defined outside this package
+    batches: tuple[int, ...] | None = None  # the only batch sizes it runs (None: any)
 
 
 BACKENDS = {b.name: b for b in [
@@ -50,6 +51,10 @@ BACKENDS = {b.name: b for b in [
     Backend("openvino-fp32", "fp32", ("onnx",), ("openvino",), note="our ONNX, INFERENCE_PRECISION_HINT=f32"),
     Backend("openvino-bf16", "bf16", ("onnx",), ("openvino",), note="our ONNX, INFERENCE_PRECISION_HINT=bf16"),
     Backend("openvino-int8", "int8", ("int8",), ("openvino",), note="our QDQ int8 ONNX, float parts f32"),
+    Backend("executorch-fp32", "fp32", ("pte",), ("executorch",), batches=(1,), default=False,
+            note="our .pte export in ExecuTorch's runtime, XNNPACK delegate (a phone's path), batch 1"),
+    Backend("executorch-int8", "int8", ("pte_int8",), ("executorch",), batches=(1,), default=False,
+            note="our PT2E int8 .pte (XNNPACK quantizer, per-channel) in ExecuTorch's runtime, batch 1"),
 ]}  # fmt: skip
 
 DEFAULT_BACKENDS = [n for n, b in BACKENDS.items() if not b.peer and b.default]
@@ -129,6 +134,14 @@ def _openvino_runner(path: str, hint: str, threads: int, x: np.ndarray):
     return lambda: request.infer({0: x})
 
 
+def _executorch_runner(path: str, threads: int, x):
+    from ..deploy.mobile import runtime_method, set_threads  # noqa: PLC0415
+
+    set_threads(threads)
+    method = runtime_method(path)
+    return lambda: method.execute([x])
+
+
 def build(job: Job, batch: int, threads: int):  # noqa: PLR0911 - one return per backend family
     """A callable running one batch of ``batch`` images on ``job.backend`` (a fixed random input)."""
     import torch  # noqa: PLC0415
@@ -153,6 +166,8 @@ def build(job: Job, batch: int, threads: int):  # noqa: PLR0911 - one return per
         return _mkldnn_runner(_our_model(job), x, torch.bfloat16 if name.endswith("bf16") else torch.float32)
     key = next(iter(BACKENDS[name].needs))
     path = job.files[key]
+    if name.startswith("executorch-"):
+        return _executorch_runner(path, threads, x)
     if name.startswith("ort-"):
         session, feed = ort_session(path, threads), {"input": x.numpy()}
         input_name = session.get_inputs()[0].name

@@ -27,7 +27,7 @@ from .profile import profile_layer_types
 from .results import BenchReport, Timing
 from .worker import interleave, start_worker, summarize
 
-VERSIONED = ("torch", "torchvision", "onnx", "onnxruntime", "openvino", "timm", "keras", "numpy")  # peers too
+VERSIONED = ("torch", "torchvision", "onnx", "onnxruntime", "openvino", "executorch", "timm", "keras", "numpy")
 
 
 @dataclass
@@ -84,9 +84,17 @@ def config_for(options: BenchOptions) -> ModelConfig:
 
 
 def prepare_files(needs: set[str], config: ModelConfig, options: BenchOptions, work: Path) -> dict[str, str]:
-    """Export the ONNX files the chosen backends need (fp32 and int8) into ``work``."""
+    """Export the files the chosen backends need (ONNX fp32 and int8, ExecuTorch programs) into ``work``."""
     files: dict[str, str] = {}
     job = Job("", config.to_dict(), options.model_dir)
+    for name, int8 in (("pte", False), ("pte_int8", True)):
+        if name in needs:
+            from ..deploy.mobile import export_executorch  # noqa: PLC0415
+
+            calibration = calibration_images(options, config) if int8 else None
+            export_executorch(_our_model(job), work / f"{name}.pte", int8=int8, calibration=calibration,
+                              limit=options.calibration_images)  # fmt: skip
+            files[name] = str(work / f"{name}.pte")
     if needs & {"onnx", "int8", "int8_uint8"}:
         model = _our_model(job)
         export_onnx(model, work / "ours.onnx")
@@ -135,14 +143,20 @@ def run_bench(options: BenchOptions) -> BenchReport:
         try:
             for name in backends:
                 job = Job(name, config.to_dict(), options.model_dir, files, BACKENDS[name].builder)
-                worker, error = start_worker(name, [job], options.batches, options.threads, options.omp_wait_policy)
+                only = BACKENDS[name].batches
+                batches = [b for b in options.batches if only is None or b in only]
+                if not batches:
+                    skipped[name] = f"runs batch {', '.join(map(str, only))} only"
+                    continue
+                worker, error = start_worker(name, [job], batches, options.threads, options.omp_wait_policy)
                 if worker is None:
                     skipped[name] = error
                 else:
                     workers.append(worker)
             for batch in options.batches:
-                rounds = interleave(workers, 0, batch, options.rounds, options.iters)
-                for w in workers:
+                active = [w for w in workers if BACKENDS[w.name].batches is None or batch in BACKENDS[w.name].batches]
+                rounds = interleave(active, 0, batch, options.rounds, options.iters)
+                for w in active:
                     median, p90, spread = summarize(rounds[w.name])
                     precision = BACKENDS[w.name].precision
                     gflops = 2 * mult_adds * batch / (median / 1e3) / 1e9

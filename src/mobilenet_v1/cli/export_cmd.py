@@ -1,4 +1,4 @@
-"""``mobilenet-v1 export MODEL_DIR --format onnx|torchscript [--int8 --calibration DIR] -o FILE``."""
+"""``mobilenet-v1 export MODEL_DIR --format onnx|pt2|executorch|torchscript [--int8 --calibration DIR] -o FILE``."""
 
 from __future__ import annotations
 
@@ -7,14 +7,17 @@ from pathlib import Path
 
 from .model_args import positive_int
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "pt2", "executorch", "torchscript")  # torchscript: deprecated by PyTorch; pt2 succeeds it
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="model directory (config.json + model.safetensors)")
-    p.add_argument("--format", default="onnx", help=f"one of {', '.join(FORMATS)} (default onnx)")
+    p.add_argument("--format", default="onnx",
+                   help="onnx (servers; ONNX Runtime, OpenVINO), pt2 (torch.export), executorch (.pte for phones: "
+                        "XNNPACK, the mobile extra) or torchscript (deprecated by PyTorch); default onnx")  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="file to write (atomically: all or nothing)")
-    p.add_argument("--int8", action="store_true", help="static int8 quantization (ONNX Runtime QDQ)")
+    p.add_argument("--int8", action="store_true",
+                   help="static int8 quantization: ONNX Runtime QDQ (onnx), PT2E with XNNPACK's quantizer (executorch)")
     p.add_argument("--calibration", help="directory of images for int8 calibration (a few hundred real images)")
     p.add_argument("--calibration-images", type=positive_int, default=300, help="use at most this many (default 300)")
     p.add_argument("--calibration-method", default="minmax", help="minmax, entropy or percentile")
@@ -75,16 +78,17 @@ def check_output(out: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.format not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}; got {args.format!r}")
-    if args.int8 and args.format != "onnx":
-        raise ValueError("--int8 is available for --format onnx only")
+    if args.int8 and args.format not in ("onnx", "executorch"):
+        raise ValueError("--int8 is available for --format onnx and executorch")
     if args.int8 and not args.calibration:
         raise ValueError("--int8 needs --calibration DIR (a directory of real images)")
     if args.calibration and not args.int8:
         raise ValueError("--calibration is only used with --int8")
-    if not args.int8 and (args.weight_type != "int8" or args.reduce_range != "auto" or args.rounding != "all"):
-        raise ValueError("--weight-type, --reduce-range and --rounding are only used with --int8")
-    if not args.int8 and (args.qat_steps or args.qat_lr is not None):
-        raise ValueError("--qat-steps and --qat-lr are only used with --int8")
+    onnx_int8 = args.int8 and args.format == "onnx"
+    if not onnx_int8 and (args.weight_type != "int8" or args.reduce_range != "auto" or args.rounding != "all"):
+        raise ValueError("--weight-type, --reduce-range and --rounding are only used with --int8 --format onnx")
+    if not onnx_int8 and (args.qat_steps or args.qat_lr is not None):
+        raise ValueError("--qat-steps and --qat-lr are only used with --int8 --format onnx")
     check_output(Path(args.output))
     if args.qat_steps < 0 or (args.qat_lr is not None and not args.qat_lr > 0):
         raise ValueError("--qat-steps must be >= 0 and --qat-lr > 0")
@@ -94,33 +98,63 @@ def run(args: argparse.Namespace) -> int:
     if args.int8:
         list_images(args.calibration)  # fail on a missing/empty directory before loading anything
     model = from_pretrained(args.path)
-    if args.int8:
-        from ..deploy.quantize import export_int8  # noqa: PLC0415
-
-        report = export_int8(model, args.output, args.calibration, per_channel=not args.per_tensor,
-                             method=args.calibration_method, limit=args.calibration_images,
-                             bias_correction=not args.no_bias_correction, rounding=args.rounding,
-                             reduce_range={"auto": None, "on": True, "off": False}[args.reduce_range],
-                             weight_type=args.weight_type, qat_steps=args.qat_steps,
-                             qat_lr=args.qat_lr)  # fmt: skip
-        weights = (("per-channel" if report.per_channel else "per-tensor") + (" 7-bit" if report.reduce_range else "")
-                   + (" uint8" if report.weight_type == "uint8" else ""))  # fmt: skip
-        summary = (f"wrote {report.path}: int8 QDQ ({weights} "
-                   f"weights, {report.method} calibration on {report.calibration_images} images), "
-                   + (f"after {report.qat['steps']} QAT steps (distillation loss {report.qat['first_loss']:.4f} → "
-                      f"{report.qat['last_loss']:.4f}), " if report.qat else "")
-                   + f"{report.size_bytes / 1e6:.2f} MB (fp32 {report.fp32_size_bytes / 1e6:.2f} MB); "
-                   f"runs in ONNX Runtime at batch {', '.join(map(str, report.verified_batches))}")  # fmt: skip
-    elif args.format == "onnx":
-        from ..deploy.onnx_export import DEFAULT_OPSET, export_onnx  # noqa: PLC0415
-
-        report = export_onnx(model, args.output, opset=args.opset or DEFAULT_OPSET)
-        summary = (f"wrote {report.path}: ONNX opset {report.opset}, dynamic batch, {report.size_bytes / 1e6:.2f} MB; "
-                   f"onnx.checker ok; ONNX Runtime vs PyTorch max |diff| {report.max_abs_diff:.2e}")  # fmt: skip
-    else:
-        from ..deploy.onnx_export import export_torchscript  # noqa: PLC0415
-
-        report = export_torchscript(model, args.output)
-        summary = f"wrote {report.path}: TorchScript (frozen), max |diff| vs PyTorch {report.max_abs_diff:.2e}"
+    exporter = {"onnx": _int8 if args.int8 else _onnx, "pt2": _pt2, "executorch": _executorch,
+                "torchscript": _torchscript}[args.format]  # fmt: skip
+    report, summary = exporter(model, args)
     print(report.to_json() if args.json else summary)
     return 0
+
+
+def _int8(model, args):
+    from ..deploy.quantize import export_int8  # noqa: PLC0415
+
+    report = export_int8(model, args.output, args.calibration, per_channel=not args.per_tensor,
+                         method=args.calibration_method, limit=args.calibration_images,
+                         bias_correction=not args.no_bias_correction, rounding=args.rounding,
+                         reduce_range={"auto": None, "on": True, "off": False}[args.reduce_range],
+                         weight_type=args.weight_type, qat_steps=args.qat_steps, qat_lr=args.qat_lr)  # fmt: skip
+    weights = (("per-channel" if report.per_channel else "per-tensor") + (" 7-bit" if report.reduce_range else "")
+               + (" uint8" if report.weight_type == "uint8" else ""))  # fmt: skip
+    summary = (f"wrote {report.path}: int8 QDQ ({weights} "
+               f"weights, {report.method} calibration on {report.calibration_images} images), "
+               + (f"after {report.qat['steps']} QAT steps (distillation loss {report.qat['first_loss']:.4f} → "
+                  f"{report.qat['last_loss']:.4f}), " if report.qat else "")
+               + f"{report.size_bytes / 1e6:.2f} MB (fp32 {report.fp32_size_bytes / 1e6:.2f} MB); "
+               f"runs in ONNX Runtime at batch {', '.join(map(str, report.verified_batches))}")  # fmt: skip
+    return report, summary
+
+
+def _onnx(model, args):
+    from ..deploy.onnx_export import DEFAULT_OPSET, export_onnx  # noqa: PLC0415
+
+    report = export_onnx(model, args.output, opset=args.opset or DEFAULT_OPSET)
+    return report, (f"wrote {report.path}: ONNX opset {report.opset}, dynamic batch, {report.size_bytes / 1e6:.2f} "
+                    f"MB; onnx.checker ok; ONNX Runtime vs PyTorch max |diff| {report.max_abs_diff:.2e}")  # fmt: skip
+
+
+def _pt2(model, args):
+    from ..deploy.onnx_export import export_pt2  # noqa: PLC0415
+
+    report = export_pt2(model, args.output)
+    return report, (f"wrote {report.path}: torch.export program, dynamic batch, {report.size_bytes / 1e6:.2f} MB; "
+                    f"torch.export.load vs PyTorch max |diff| {report.max_abs_diff:.2e}")  # fmt: skip
+
+
+def _executorch(model, args):
+    from ..deploy.mobile import export_executorch  # noqa: PLC0415
+
+    report = export_executorch(model, args.output, int8=args.int8, calibration=args.calibration,
+                               limit=args.calibration_images)  # fmt: skip
+    check = (f"top-1 agreement with fp32 {report.top1_agreement:.1f}% on the {report.calibration_images} "
+             "calibration images" if args.int8 else f"vs PyTorch max |diff| {report.max_abs_diff:.2e}")  # fmt: skip
+    return report, (f"wrote {report.path} (+ .json): ExecuTorch {report.precision}, XNNPACK runs all "
+                    f"{report.delegated_convolutions} convolutions, batch 1, {report.size_bytes / 1e6:.2f} MB; "
+                    f"run in ExecuTorch's runtime: {check}")  # fmt: skip
+
+
+def _torchscript(model, args):
+    from ..deploy.onnx_export import export_torchscript  # noqa: PLC0415
+
+    report = export_torchscript(model, args.output)
+    return report, (f"wrote {report.path}: TorchScript (frozen; deprecated by PyTorch: --format pt2 succeeds it), "
+                    f"max |diff| vs PyTorch {report.max_abs_diff:.2e}")  # fmt: skip

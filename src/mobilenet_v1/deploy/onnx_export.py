@@ -1,4 +1,5 @@
-"""Export to ONNX (dynamic batch, checked, verified in ONNX Runtime) and TorchScript, atomically.
+"""Export to ONNX (dynamic batch, checked, verified in ONNX Runtime), ``torch.export``'s ``.pt2`` and (deprecated)
+TorchScript, atomically.
 
 Every export is written to a temporary file beside the target, checked there, and only then renamed
 into place: a failed check, a bad input or a crash leaves nothing partial behind.
@@ -172,8 +173,34 @@ def export_onnx(
     return ExportReport(str(path), "onnx", opset, Path(path).stat().st_size, diff, verified, meta)
 
 
+def export_pt2(model: nn.Module, path: str | os.PathLike, metadata: dict | None = None) -> ExportReport:
+    """``torch.export`` of the BN-folded model with a dynamic batch (``.pt2``: PyTorch without Python, the successor
+    of TorchScript): saved with metadata as an extra file, reloaded with ``torch.export.load`` and verified."""
+    model = model.eval()
+    meta = metadata_of(model, {"format": "pt2", **(metadata or {})})
+    folded = fold_bn(model).float()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with torch.no_grad():
+        program = torch.export.export(folded, (example_input(folded, 2),), dynamic_shapes=({0: batch},))
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer, extra_files={"mobilenet_v1.json": json.dumps(meta)})
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+        loaded = torch.export.load(str(tmp)).module()
+        worst = 0.0
+        for b in (1, 3):
+            x = example_input(model, b, seed=b)
+            with torch.inference_mode():
+                worst = max(worst, float((loaded(x) - model(x)).abs().max()))
+        if worst > ONNX_ATOL:
+            raise ValueError(f"{path}: the exported program differs from PyTorch by {worst:.3g}; not written")
+    return ExportReport(str(path), "pt2", None, Path(path).stat().st_size, worst, [1, 3], meta)
+
+
 def export_torchscript(model: nn.Module, path: str | os.PathLike, metadata: dict | None = None) -> ExportReport:
-    """Trace the BN-folded model, freeze it, save with metadata as an extra file, reload and verify."""
+    """Trace the BN-folded model, freeze it, save with metadata as an extra file, reload and verify.
+
+    TorchScript is deprecated by PyTorch (``torch.jit`` warns so): :func:`export_pt2` is its successor."""
     model = model.eval()
     meta = metadata_of(model, {"format": "torchscript", **(metadata or {})})
     folded = fold_bn(model).float()
