@@ -20,12 +20,12 @@ from ..deploy.onnx_export import export_onnx
 from ..deploy.quantize import quantize_onnx
 from ..files import atomic_path
 from ..model import MobileNetV1
-from ..registry import list_models, model_config
+from ..registry import RESOLUTIONS, WIDTHS, model_config
 from .backends import BACKENDS, Job, check_backends, missing_module
 from .results import Grid, GridPoint
 from .worker import start_worker, summarize
 
-PAPER_16 = [n for n in list_models() if "full_conv" not in n and "shallow" not in n]
+PAPER_16 = [f"mobilenet_v1_{w}_{r}" for w in WIDTHS for r in RESOLUTIONS]  # Table 6 × Table 7
 
 
 def run_grid(
