@@ -1,4 +1,4 @@
-"""The Debian photo set's readers (``deploy/debian_photos.py``) on small archives built here, and its errors.
+"""The Debian photo set's readers (``tests/debian_photos.py``) on small archives built here, and its errors.
 
 The real package is read by the slow Google int8 test (every photo's SHA-256 checked there); these cover the
 formats' mechanics — an ``ar`` archive around ``data.tar.xz``, a Qt resource bundle with raw and zlib

@@ -90,7 +90,7 @@ def test_cli_bad_inputs_are_one_line_and_write_nothing(model_dir, tmp_path, caps
     err = _one_line_error(capsys, ["export", str(tmp_path / "missing"), "-o", str(out)])
     assert "no such file" in err
     err = _one_line_error(capsys, ["export", str(model_dir), "--format", "tflite", "-o", str(out)])
-    assert "--format must be one of onnx, torchscript" in err
+    assert "--format must be one of onnx, pt2, executorch, torchscript; got 'tflite'" in err
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("not an image")

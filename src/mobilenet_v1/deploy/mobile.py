@@ -11,6 +11,7 @@ phone's ARM cores as on an x86 host, so the host can check and time what the pho
 The BN-folded model is captured with ``torch.export`` at batch 1 and the model's input size, lowered with
 ``to_edge_transform_and_lower(partitioner=[XnnpackPartitioner()])``; int8 goes through PyTorch's PT2E flow with
 the XNNPACK quantizer (symmetric per-channel int8 weights, per-tensor activations), calibrated on real images.
+Before int8, each filter is rounded onto XNNPACK's weight grid and the biases corrected, as for ONNX int8.
 Every file is then loaded by ExecuTorch's own runtime and run: fp32 outputs must equal PyTorch's (≤ 1e-4 of their
 scale), and every convolution must run inside XNNPACK (none left to the portable fallback); else nothing is
 written. The preprocessing and class names go to a sidecar ``FILE.pte.json``, as ONNX exports hold them.
@@ -160,11 +161,27 @@ def _quantize(graph: nn.Module, images: list[torch.Tensor]) -> nn.Module:
     return convert_pt2e(prepared)
 
 
+def _corrected(model: nn.Module, images: list[torch.Tensor]) -> nn.Module:
+    """BN-folded, each filter rounded onto the XNNPACK quantizer's weight grid to keep its layer's output closest to
+    float, biases pre-compensated for the mean rounding error: the recipe of the ONNX int8 export (``rounding.py``,
+    ``bias_correction.py``). XNNPACK's grid is ONNX Runtime's 8-bit one: symmetric per-channel, [-127, 127]."""
+    from .bias_correction import bias_correct  # noqa: PLC0415
+    from .quantize import BIAS_CORRECTION_IMAGES  # noqa: PLC0415
+    from .rounding import round_weights  # noqa: PLC0415
+
+    sample = torch.stack(images[:BIAS_CORRECTION_IMAGES])
+    rounded, _ = round_weights(model, sample, reduce_range=False, weight_type="int8", dense=True)
+    return bias_correct(rounded, sample, per_channel=True, reduce_range=False, weight_type="int8")
+
+
 def export_executorch(
     model: nn.Module, path: str | os.PathLike, int8: bool = False, calibration=None,
-    limit: int | None = CALIBRATION_IMAGES,
+    limit: int | None = CALIBRATION_IMAGES, correct: bool = True,
 ) -> MobileReport:  # fmt: skip
-    """Model → ``.pte`` (XNNPACK, batch 1), run in ExecuTorch's runtime before it is written; see the module."""
+    """Model → ``.pte`` (XNNPACK, batch 1), run in ExecuTorch's runtime before it is written; see the module.
+
+    ``correct`` (int8): round and bias-correct the weights first (:func:`_corrected`); False quantizes the float
+    weights as they are (XNNPACK's plain recipe, for comparison)."""
     lower = _lower()
     path = Path(path)
     if path.suffix != ".pte":
@@ -183,6 +200,8 @@ def export_executorch(
         sources = list_images(calibration) if isinstance(calibration, (str, os.PathLike)) else list(calibration)
         sources = sources[:limit] if limit else sources
         images = [torch.from_numpy(b) for batch in batches(sources, pre, 32) for b in batch]
+        if correct:
+            folded = _corrected(model, images).float()
     with torch.no_grad():
         graph = torch.export.export(folded, (x,)).module()
         if int8:
