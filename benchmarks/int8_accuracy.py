@@ -134,6 +134,11 @@ def markdown(result: dict) -> str:
             row = result["variants"].get(f"{col}: {recipe}")
             cells.append("–" if row is None else f"{row['top1_agreement_with_fp32']:.1f}% ({row['kl_to_fp32']:.4f})")
         lines.append(f"| {recipe} | " + " | ".join(cells) + " |")
+    mobile = [(name, row) for name, row in result["variants"].items() if name.startswith("ExecuTorch")]
+    if mobile:  # ExecuTorch's programs, run in its runtime: one column (XNNPACK's int8 weights are 8-bit)
+        lines += ["", "| ExecuTorch program (XNNPACK) | top-1 agreement (KL) |", "|---|---:|"]
+        lines += [f"| {name.removeprefix('ExecuTorch ')} | {row['top1_agreement_with_fp32']:.1f}% "
+                  f"({row['kl_to_fp32']:.4f}) |" for name, row in mobile]  # fmt: skip
     return "\n".join(lines)
 
 
