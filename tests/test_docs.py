@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
-PAGES = [README, *DOCS]
+PAGES = [README, ROOT / "BENCHMARKS.md", *DOCS]
 MAX_README_LINES = 200
 MAX_PARAGRAPH_WORDS = 120
 
