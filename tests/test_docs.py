@@ -155,6 +155,19 @@ HISTORY = re.compile(
 )
 
 
+# The code, tests, benchmarks and tools too (a bare "#3" is a label there, so only the other patterns apply)
+CODE = sorted(p for d in ("src", "tests", "benchmarks", "tools", "scripts") for p in (ROOT / d).rglob("*")
+              if p.suffix in (".py", ".sh", ".c", ".toml") and p.name != "test_docs.py")  # fmt: skip
+CODE_HISTORY = re.compile(HISTORY.pattern.replace(r"|(?<![\w/])#\d+\b", ""), re.I)
+
+
+@pytest.mark.parametrize("path", CODE, ids=_ids(CODE))
+def test_no_history_or_machine_names_in_code(path):
+    text = path.read_text(errors="replace")
+    bad = [f"{i}: {line.strip()}" for i, line in enumerate(text.splitlines(), 1) if CODE_HISTORY.search(line)]
+    assert not bad, f"{path.name}: " + " | ".join(bad)
+
+
 @pytest.mark.parametrize("page", PAGES, ids=_ids(PAGES))
 def test_no_history_or_machine_names(page):
     bad = [f"{i}: {line.strip()}" for i, line in enumerate(page.read_text().splitlines(), 1) if HISTORY.search(line)]
