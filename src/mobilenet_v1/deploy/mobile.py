@@ -32,10 +32,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checkpoint import Preprocessing
 from ..files import atomic_path
+from .bias_correction import bias_correct
 from .calibration import batches, list_images
 from .fold import fold_bn
 from .onnx_export import META_PREFIX, example_input, metadata_of
+from .quantize import BIAS_CORRECTION_IMAGES
+from .rounding import round_weights
 
 RTOL = 1e-4  # the runtime's fp32 outputs against PyTorch's, relative to their scale
 CALIBRATION_IMAGES = 300
@@ -165,10 +169,6 @@ def _corrected(model: nn.Module, images: list[torch.Tensor]) -> nn.Module:
     """BN-folded, each filter rounded onto the XNNPACK quantizer's weight grid to keep its layer's output closest to
     float, biases pre-compensated for the mean rounding error: the recipe of the ONNX int8 export (``rounding.py``,
     ``bias_correction.py``). XNNPACK's grid is ONNX Runtime's 8-bit one: symmetric per-channel, [-127, 127]."""
-    from .bias_correction import bias_correct  # noqa: PLC0415
-    from .quantize import BIAS_CORRECTION_IMAGES  # noqa: PLC0415
-    from .rounding import round_weights  # noqa: PLC0415
-
     sample = torch.stack(images[:BIAS_CORRECTION_IMAGES])
     rounded, _ = round_weights(model, sample, reduce_range=False, weight_type="int8", dense=True)
     return bias_correct(rounded, sample, per_channel=True, reduce_range=False, weight_type="int8")
@@ -194,8 +194,6 @@ def export_executorch(
         if calibration is None:
             raise ValueError("--int8 needs --calibration DIR (a directory of real images)")
         info = getattr(model, "pretrained", None)
-        from ..checkpoint import Preprocessing  # noqa: PLC0415
-
         pre = info.preprocessing if info is not None else Preprocessing(input_size=model.config.resolution)
         sources = list_images(calibration) if isinstance(calibration, (str, os.PathLike)) else list(calibration)
         sources = sources[:limit] if limit else sources
