@@ -101,3 +101,18 @@ def test_bench_times_the_programs_at_batch_one_only():
                                     calibration_images=4))  # fmt: skip
     assert sorted((t.backend, t.batch) for t in report.timings) == [("executorch-fp32", 1), ("executorch-int8", 1)]
     assert all(t.median_ms > 0 for t in report.timings)
+
+
+def test_relu6_is_quantized_with_its_convolution(model_dir):
+    """XNNPACK's own quantizer puts a quantize/dequantize pair between a convolution and its ReLU6 (it fuses only
+    ReLU), spending the int8 levels on the raw output's range; ours leaves none there, and none is left unquantized."""
+    from mobilenet_v1.checkpoint import from_pretrained
+    from mobilenet_v1.deploy.fold import fold_bn
+
+    model = from_pretrained(model_dir / "model")
+    x = torch.randn(1, 3, 96, 96)
+    graph = mobile._quantize(torch.export.export(fold_bn(model), (x,)).module(), [torch.randn(3, 96, 96)] * 4)
+    clamps = [n for n in graph.graph.nodes if n.op == "call_function" and "hardtanh" in str(n.target)]
+    assert len(clamps) == 27
+    assert all("conv2d" in str(n.args[0].target) for n in clamps)  # straight from the convolution
+    assert all("quantize_per_tensor" in str(next(iter(n.users)).target) for n in clamps)  # then quantized

@@ -151,18 +151,50 @@ def _delegation(edge) -> tuple[int, list[str]]:
 
 def _quantize(graph: nn.Module, images: list[torch.Tensor]) -> nn.Module:
     with _quiet():
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (  # noqa: PLC0415
-            XNNPACKQuantizer,
-            get_symmetric_quantization_config,
-        )
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config  # noqa: PLC0415
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e  # noqa: PLC0415
 
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    quantizer = _clamp_fusing_quantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for x in images:  # batch 1, the exported shape
             prepared(x[None])
     return convert_pt2e(prepared)
+
+
+def _clamp_fusing_quantizer():
+    """XNNPACK's quantizer, plus one pattern it lacks: a convolution followed by ReLU6 (``hardtanh``).
+
+    XNNPACK's quantizer fuses only ReLU into a convolution's output. Before ReLU6 it quantizes the convolution's raw
+    output, whose range (negatives, and positives far past 6) is many times ReLU6's [0, 6], so every layer of
+    Google's model loses most of its int8 levels: 77.6% top-1 agreement with fp32 on 219 photos against 83.6% with
+    the pair annotated as one (95.9% with the weight rounding and bias correction of :func:`_corrected`). XNNPACK
+    runs the pair as one convolution with an output clamp, as it does ReLU."""
+    with _quiet():
+        from executorch.backends.xnnpack.quantizer import xnnpack_quantizer_utils as utils  # noqa: PLC0415
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer  # noqa: PLC0415
+        from torch.fx import Node  # noqa: PLC0415
+        from torchao.quantization.pt2e.quantizer import QuantizationAnnotation  # noqa: PLC0415
+        from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY  # noqa: PLC0415
+
+    clamps = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)
+
+    class ClampFusingQuantizer(XNNPACKQuantizer):
+        def annotate(self, model):
+            config = self.global_config
+            for clamp in model.graph.nodes:
+                conv = clamp.args[0] if clamp.op == "call_function" and clamp.target in clamps else None
+                if not isinstance(conv, Node) or conv.target != torch.ops.aten.conv2d.default or len(conv.users) > 1:
+                    continue
+                specs = {conv.args[0]: utils.get_input_act_qspec(config), conv.args[1]: utils.get_weight_qspec(config)}
+                if len(conv.args) > 2 and isinstance(conv.args[2], Node):
+                    specs[conv.args[2]] = utils.get_bias_qspec(config)
+                conv.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(input_qspec_map=specs, _annotated=True)
+                output = utils.get_output_act_qspec(config)
+                clamp.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(output_qspec=output, _annotated=True)
+            return super().annotate(model)  # the rest of the graph; it skips what is annotated here
+
+    return ClampFusingQuantizer()
 
 
 def _corrected(model: nn.Module, images: list[torch.Tensor]) -> nn.Module:
