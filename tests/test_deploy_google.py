@@ -77,14 +77,14 @@ def google(tmp_path_factory):
 
 @pytest.mark.parametrize("bits", RANGES)
 def test_per_tensor_int8_collapses_on_googles_weights(google, bits):
-    # measured (gcompris): 0.5% at 7 bits, 4.6% at 8
+    # measured (gcompris): 0.5% at 7 bits, 6.8% at 8
     assert google[f"per-tensor, {bits}"] <= 20.0, google
     assert google[f"per-tensor, {bits}, gcompris"] <= 20.0, google
 
 
 @pytest.mark.parametrize("bits", RANGES)
 def test_per_channel_weights_and_bias_correction_fix_it(google, bits):
-    # measured (gcompris): per-channel 75.8% / 79.9%, + bias correction 90.9% / 95.0% (7 / 8 bits)
+    # measured (gcompris): per-channel 73.5% / 84.0%, + bias correction 93.2% / 95.0% (7 / 8 bits)
     per_channel = google[f"per-channel, {bits}, gcompris"]
     corrected = google[f"per-channel + bias correction, {bits}, gcompris"]
     assert per_channel >= 60.0 and corrected >= 88.0, google
@@ -94,15 +94,15 @@ def test_per_channel_weights_and_bias_correction_fix_it(google, bits):
 @pytest.mark.parametrize("bits", RANGES)
 def test_the_default_rounding_brings_int8_closer_to_fp32(google, bits):
     # Rounding every filter up or down for its layer's output (deploy/rounding.py) is the default because it
-    # lowers the distance to fp32 at both ranges; measured KL: 0.0234 -> 0.0142 (7-bit), 0.0115 -> 0.0098 (8-bit)
+    # lowers the distance to fp32 at both ranges; measured KL: 0.0226 -> 0.0152 (7-bit), 0.0124 -> 0.0103 (8-bit)
     default = google[f"default, {bits}, gcompris, KL"]
     corrected = google[f"per-channel + bias correction, {bits}, gcompris, KL"]
     assert default <= 0.92 * corrected, google
 
 
 def test_the_default_agrees_with_fp32_on_imagenet_like_photos(google):
-    # measured: 7-bit 94.1%, 8-bit 96.3%, uint8 95.0% of the 219 photos; every miss is a near-tie: where fp32 is
-    # confident (p >= 0.5, 159 photos) the default agrees on 99.4% at both ranges
+    # measured: 7-bit 94.5%, 8-bit 96.3%, uint8 95.9% of the 219 photos; almost every miss is a near-tie: where
+    # fp32 is confident (p >= 0.5, 161 photos) the default agrees on 100% (7-bit), 98.8% (8-bit), 99.4% (uint8)
     assert google["default, 8-bit, gcompris"] >= 95.0, google
     assert google["default, 7-bit, gcompris"] >= 92.0, google
     assert google["default, uint8, gcompris"] >= 93.0, google
@@ -115,3 +115,25 @@ def test_the_default_holds_on_the_near_tie_heavy_photo_views(google):
     # 94% (8-bit), 91% (uint8)
     for name in ("default, 7-bit", "default, 8-bit", "default, uint8"):
         assert google[name] >= 88.0, google
+
+
+def test_the_executorch_int8_program_agrees_with_fp32_on_imagenet_like_photos(tmp_path):
+    """``export --format executorch --int8`` on Google's model, run in ExecuTorch's runtime (XNNPACK) on the 219
+    photos. Measured 95.4% top-1 agreement (KL 0.0233); XNNPACK's own quantizer, which quantizes each convolution's
+    output before its ReLU6, gave 75.8% (KL 0.30)."""
+    pytest.importorskip("executorch")
+    from mobilenet_v1.deploy.mobile import export_executorch, runtime_method
+
+    convert(google_graph(), tmp_path / "model")
+    model = from_pretrained(tmp_path / "model")
+    pre, offset = model.pretrained.preprocessing, model.pretrained.label_offset
+    export_executorch(model, tmp_path / "q.pte", int8=True, calibration=photo_crops(300, 256, seed=0), limit=None)
+    method = runtime_method(tmp_path / "q.pte")
+    images = [torch.from_numpy(x) for b in batches(gcompris_photos(), pre, 50) for x in b]
+    with torch.inference_mode():
+        fp32 = torch.cat([model(x[None]) for x in images])[:, offset:]
+        int8 = torch.cat([method.execute([x[None]])[0] for x in images])[:, offset:]
+    agreement = 100.0 * float((int8.argmax(1) == fp32.argmax(1)).double().mean())
+    p, q = torch.log_softmax(fp32.double(), 1), torch.log_softmax(int8.double(), 1)
+    kl = float((p.exp() * (p - q)).sum(1).mean())
+    assert agreement >= 92.0 and kl <= 0.05, (agreement, kl)
