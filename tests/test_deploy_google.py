@@ -111,8 +111,8 @@ def test_the_default_agrees_with_fp32_on_imagenet_like_photos(google):
 
 
 def test_the_default_holds_on_the_near_tie_heavy_photo_views(google):
-    # 100 views of 10 photos, textures and micrographs among them (bf16 rounding alone: 89%); measured 92% (7-bit),
-    # 94% (8-bit), 91% (uint8)
+    # 100 views of 10 photos, textures and micrographs among them (bf16 rounding alone: 88%); measured 92% (7-bit),
+    # 92% (8-bit), 91% (uint8)
     for name in ("default, 7-bit", "default, 8-bit", "default, uint8"):
         assert google[name] >= 88.0, google
 
