@@ -10,6 +10,7 @@ odd maps (TF 'SAME' vs Keras's fixed (0, 1)) look the same there.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from mobilenet_v1 import spec
 
@@ -45,3 +46,15 @@ def draw_sizes(n: int, seed: int, low: int = spec.MIN_RESOLUTION, high: int = 32
         if size not in sizes and (reaches_odd_map(size) or not need_odd):
             sizes.append(size)
     return sizes
+
+
+def randomize_batch_norms(model: torch.nn.Module) -> None:
+    """Random BN scales, shifts and running statistics in place (torch's global RNG): a reference model fresh from
+    its constructor has identity batch norms, which hide a converter that swaps or drops them."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.2)
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)

@@ -16,7 +16,7 @@ from mobilenet_v1.checkpoint import from_pretrained  # noqa: E402
 from mobilenet_v1.cli import main  # noqa: E402
 from mobilenet_v1.convert import convert, load_any  # noqa: E402
 from mobilenet_v1.model import MobileNetV1, ModelConfig  # noqa: E402
-from parity import assert_close, draw_sizes  # noqa: E402
+from parity import assert_close, draw_sizes, randomize_batch_norms  # noqa: E402
 from test_convert_assets import google_graph  # noqa: E402
 
 # (depth_multiplier, image_size, labels, tf_padding): α and input sizes from a seeded grid, odd maps included
@@ -31,14 +31,10 @@ def random_hf(alpha: float, size: int, labels: int, tf_padding: bool = True, see
     config = MobileNetV1Config(depth_multiplier=alpha, image_size=size, tf_padding=tf_padding,
                                num_labels=max(labels, 1), classifier_dropout_prob=0.0)  # fmt: skip
     model = (MobileNetV1ForImageClassification(config) if labels else MobileNetV1Model(config)).eval()
+    randomize_batch_norms(model)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.2)
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-            elif isinstance(m, torch.nn.Linear):
+            if isinstance(m, torch.nn.Linear):
                 m.weight.normal_(0, 0.3)
                 m.bias.normal_(0, 0.3)
     return model

@@ -12,21 +12,17 @@ from safetensors.torch import save_file
 
 from mobilenet_v1.convert import load_any
 from mobilenet_v1.model import MobileNetV1
-from parity import assert_close, draw_sizes
+from parity import assert_close, draw_sizes, randomize_batch_norms
 
 
 def random_timm(arch: str, seed: int = 0, **kwargs):
     """timm's model with random weights and random BN statistics (BN's identity init would hide errors)."""
     torch.manual_seed(seed)
     model = timm.create_model(arch, **kwargs).eval()
+    randomize_batch_norms(model)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.2)
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-            elif isinstance(m, torch.nn.Linear):
+            if isinstance(m, torch.nn.Linear):
                 m.bias.normal_(0, 0.1)
     return model
 

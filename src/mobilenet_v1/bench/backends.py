@@ -31,6 +31,9 @@ class Backend:
     builder: str | None = None  # "module:function" building it, for backends defined outside this package
     batches: tuple[int, ...] | None = None  # the only batch sizes it runs (None: any)
 
+    def runs(self, batch: int) -> bool:
+        return self.batches is None or batch in self.batches
+
 
 BACKENDS = {b.name: b for b in [
     Backend("eager", "fp32", note="our MobileNetV1, eval, NCHW, inference_mode"),

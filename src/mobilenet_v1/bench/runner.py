@@ -143,10 +143,9 @@ def run_bench(options: BenchOptions) -> BenchReport:
         try:
             for name in backends:
                 job = Job(name, config.to_dict(), options.model_dir, files, BACKENDS[name].builder)
-                only = BACKENDS[name].batches
-                batches = [b for b in options.batches if only is None or b in only]
+                batches = [b for b in options.batches if BACKENDS[name].runs(b)]
                 if not batches:
-                    skipped[name] = f"runs batch {', '.join(map(str, only))} only"
+                    skipped[name] = f"runs batch {', '.join(map(str, BACKENDS[name].batches))} only"
                     continue
                 worker, error = start_worker(name, [job], batches, options.threads, options.omp_wait_policy)
                 if worker is None:
@@ -154,7 +153,7 @@ def run_bench(options: BenchOptions) -> BenchReport:
                 else:
                     workers.append(worker)
             for batch in options.batches:
-                active = [w for w in workers if BACKENDS[w.name].batches is None or batch in BACKENDS[w.name].batches]
+                active = [w for w in workers if BACKENDS[w.name].runs(batch)]
                 rounds = interleave(active, 0, batch, options.rounds, options.iters)
                 for w in active:
                     median, p90, spread = summarize(rounds[w.name])

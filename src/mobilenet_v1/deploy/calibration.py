@@ -37,6 +37,15 @@ def list_images(directory: str | os.PathLike) -> list[Path]:
     return found
 
 
+def model_calibration(model, calibration) -> tuple[Preprocessing, list]:
+    """The model's own preprocessing (its weights' source's, else a plain resize to its input size) and the
+    calibration sources: a directory's images, or the given images or paths as they are."""
+    info = getattr(model, "pretrained", None)
+    pre = info.preprocessing if info is not None else Preprocessing(input_size=model.config.resolution)
+    sources = list_images(calibration) if isinstance(calibration, (str, os.PathLike)) else list(calibration)
+    return pre, sources
+
+
 def _fallback_tensor(image: Image.Image, pre: Preprocessing) -> np.ndarray:
     """PIL-only eval transform: resize (shorter side, then centre crop) or straight to size; normalise."""
     image = image.convert("L" if pre.grayscale else "RGB")

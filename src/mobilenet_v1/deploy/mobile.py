@@ -32,10 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import Preprocessing
 from ..files import atomic_path
 from .bias_correction import bias_correct
-from .calibration import batches, list_images
+from .calibration import batches, model_calibration
 from .fold import fold_bn
 from .onnx_export import META_PREFIX, example_input, metadata_of
 from .quantize import BIAS_CORRECTION_IMAGES
@@ -225,9 +224,7 @@ def export_executorch(
     if int8:
         if calibration is None:
             raise ValueError("--int8 needs --calibration DIR (a directory of real images)")
-        info = getattr(model, "pretrained", None)
-        pre = info.preprocessing if info is not None else Preprocessing(input_size=model.config.resolution)
-        sources = list_images(calibration) if isinstance(calibration, (str, os.PathLike)) else list(calibration)
+        pre, sources = model_calibration(model, calibration)
         sources = sources[:limit] if limit else sources
         images = [torch.from_numpy(b) for batch in batches(sources, pre, 32) for b in batch]
         if correct:

@@ -184,16 +184,7 @@ def export_pt2(model: nn.Module, path: str | os.PathLike, metadata: dict | None 
         program = torch.export.export(folded, (example_input(folded, 2),), dynamic_shapes=({0: batch},))
     buffer = io.BytesIO()
     torch.export.save(program, buffer, extra_files={"mobilenet_v1.json": json.dumps(meta)})
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
-        loaded = torch.export.load(str(tmp)).module()
-        worst = 0.0
-        for b in (1, 3):
-            x = example_input(model, b, seed=b)
-            with torch.inference_mode():
-                worst = max(worst, float((loaded(x) - model(x)).abs().max()))
-        if worst > ONNX_ATOL:
-            raise ValueError(f"{path}: the exported program differs from PyTorch by {worst:.3g}; not written")
+    worst = _write_verified(path, buffer, lambda f: torch.export.load(f).module(), model, "the exported program")
     return ExportReport(str(path), "pt2", None, Path(path).stat().st_size, worst, [1, 3], meta)
 
 
@@ -210,16 +201,24 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, metadata: dict
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.freeze(torch.jit.trace(folded, example_input(folded, 2)))
     extra = {"mobilenet_v1.json": json.dumps(meta)}
-    buffer = io.BytesIO()  # serialized in memory: a full disk is then Python's OSError, not a C++ abort
+    buffer = io.BytesIO()
     torch.jit.save(traced, buffer, _extra_files=extra)
+    worst = _write_verified(path, buffer, torch.jit.load, model, "TorchScript")
+    return ExportReport(str(path), "torchscript", None, Path(path).stat().st_size, worst, [1, 3], meta)
+
+
+def _write_verified(path, buffer: io.BytesIO, load, model: nn.Module, what: str) -> float:
+    """Write ``buffer`` (a program serialized in memory: a full disk is then Python's OSError, not a C++ abort) to
+    ``path`` atomically, once ``load(file)`` of it computes what ``model`` does at batch 1 and 3 (a traced or exported
+    graph records shapes: other batch sizes must still run and agree); the largest difference."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(buffer.getvalue())
-        loaded = torch.jit.load(str(tmp))
+        loaded = load(str(tmp))
         worst = 0.0
-        for b in (1, 3):  # a traced graph records shapes; prove other batch sizes still run and agree
+        for b in (1, 3):
             x = example_input(model, b, seed=b)
             with torch.inference_mode():
                 worst = max(worst, float((loaded(x) - model(x)).abs().max()))
         if worst > ONNX_ATOL:
-            raise ValueError(f"{path}: TorchScript differs from PyTorch by {worst:.3g}; not written")
-    return ExportReport(str(path), "torchscript", None, Path(path).stat().st_size, worst, [1, 3], meta)
+            raise ValueError(f"{path}: {what} differs from PyTorch by {worst:.3g}; not written")
+    return worst

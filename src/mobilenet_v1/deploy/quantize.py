@@ -31,10 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import Preprocessing
 from ..files import atomic_path
 from .bias_correction import bias_correct
-from .calibration import batches, calibration_reader, list_images
+from .calibration import batches, calibration_reader, model_calibration
 from .grids import resolve_reduce_range
 from .onnx_export import INPUT_NAME, META_PREFIX, OUTPUT_NAME, export_onnx, ort_session
 from .qat import DEFAULT_LR, qat_finetune, widen_filters_for_int32_biases
@@ -210,9 +209,7 @@ def export_int8(
     calibration images (``qat.py``; ``qat_lr``: its Adam learning rate). ``reduce_range`` and
     ``weight_type``: see :func:`quantize_onnx`.
     """
-    info = getattr(model, "pretrained", None)
-    pre = info.preprocessing if info is not None else Preprocessing(input_size=model.config.resolution)
-    sources = list_images(calibration) if isinstance(calibration, (str, os.PathLike)) else list(calibration)
+    pre, sources = model_calibration(model, calibration)
     reader = calibration_reader(sources, pre, INPUT_NAME, limit=limit)  # fails early on an empty list
     if rounding not in ROUNDINGS:
         raise ValueError(f"rounding must be one of {', '.join(ROUNDINGS)}; got {rounding!r}")
